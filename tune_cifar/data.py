@@ -1,0 +1,305 @@
+"""CIFAR-100 in its python release format, split and augmented as batched tensor ops on the device.
+
+The whole split sits on the training device as uint8 (40,000 x 3 x 32 x 32 = 123 MB); each step
+gathers a batch, crops, flips and normalises it there, so no step waits on a host-side loader.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+NUM_CLASSES = 100
+IMAGE_SHAPE = (3, 32, 32)
+PAD = 4  # zero padding before the random 32x32 crop
+RELEASE_DIR = "cifar-100-python"
+
+
+class DataError(RuntimeError):
+    """The dataset folder is missing, incomplete or not CIFAR-100-shaped; the message says what to do."""
+
+
+@dataclass
+class CifarData:
+    """The release as uint8 arrays: images (N, 3, 32, 32), fine labels (N,) int64."""
+
+    train_x: np.ndarray
+    train_y: np.ndarray
+    test_x: np.ndarray
+    test_y: np.ndarray
+    class_names: list[str]
+    source: str = ""
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading, downloading, writing the python release format
+
+
+def _read_pickle(path: Path) -> dict:
+    if not path.is_file():
+        raise DataError(f"{path} is missing; pass --data-dir pointing at a folder holding {RELEASE_DIR}/")
+    try:
+        with open(path, "rb") as f:
+            raw = pickle.load(f, encoding="latin1")
+    except Exception as e:  # truncated or foreign files raise many different errors
+        raise DataError(
+            f"cannot read {path} ({type(e).__name__}): the file is truncated or not a CIFAR-100 pickle; "
+            f"delete {path.parent} and download or regenerate it"
+        ) from None
+    if not isinstance(raw, dict):
+        raise DataError(f"{path} holds a {type(raw).__name__}, not a CIFAR-100 dict; delete it and regenerate")
+    return {k.decode() if isinstance(k, bytes) else k: v for k, v in raw.items()}
+
+
+def _read_split(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    d = _read_pickle(path)
+    for key in ("data", "fine_labels"):
+        if key not in d:
+            raise DataError(f"{path} has no '{key}' entry; it is not a CIFAR-100 split file")
+    data = np.asarray(d["data"])
+    labels = np.asarray(d["fine_labels"], dtype=np.int64)
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        raise DataError(
+            f"{path}: 'data' is {data.dtype} of shape {data.shape}, expected uint8 of shape (N, 3072)"
+        )
+    if len(labels) != len(data):
+        raise DataError(f"{path}: {len(data)} images but {len(labels)} labels")
+    if len(labels) and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
+        raise DataError(f"{path}: labels outside 0..{NUM_CLASSES - 1}")
+    return data.reshape(-1, *IMAGE_SHAPE), labels  # rows are channel-major: R plane, G, B
+
+
+def read_cifar100(data_dir: str | os.PathLike) -> CifarData:
+    root = Path(data_dir) / RELEASE_DIR
+    train_x, train_y = _read_split(root / "train")
+    test_x, test_y = _read_split(root / "test")
+    meta = _read_pickle(root / "meta")
+    names = list(meta.get("fine_label_names", [str(i) for i in range(NUM_CLASSES)]))
+    return CifarData(train_x, train_y, test_x, test_y, names, source=str(root))
+
+
+def has_dataset(data_dir: str | os.PathLike) -> bool:
+    root = Path(data_dir) / RELEASE_DIR
+    return any((root / name).exists() for name in ("train", "test", "meta"))
+
+
+def load_cifar100(data_dir: str | os.PathLike, download: bool = True) -> CifarData:
+    """Read the release from `data_dir`, downloading the real one first if the folder has none."""
+    if not has_dataset(data_dir):
+        if not download:
+            raise DataError(
+                f"no CIFAR-100 in {data_dir}/{RELEASE_DIR}: allow downloading (drop --no-download), "
+                f"pass --data-dir with the python release, or generate data with "
+                f"`python -m tune_cifar.data synthetic --out {data_dir}`"
+            )
+        download_cifar100(data_dir)
+    return read_cifar100(data_dir)
+
+
+def download_cifar100(data_dir: str | os.PathLike) -> None:
+    from torchvision.datasets import CIFAR100  # checks the release's md5 sums
+
+    print(f"downloading CIFAR-100 into {data_dir} ...", file=sys.stderr)
+    try:
+        CIFAR100(root=str(data_dir), train=True, download=True)
+        CIFAR100(root=str(data_dir), train=False, download=True)
+    except Exception as e:
+        raise DataError(
+            f"could not download CIFAR-100 into {data_dir} ({e}); download "
+            f"https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz by hand and unpack it there"
+        ) from None
+
+
+def synthetic_images(labels: np.ndarray, seed: int) -> np.ndarray:
+    """Class-dependent images (N, 3, 32, 32) uint8: a smooth per-class template plus noise.
+
+    Each class gets its own colour field on a 4x4 grid, upsampled to 32x32 and mirrored left-right
+    (so horizontal flips keep it), which random 4-pixel crops shift but do not destroy.
+    """
+    templates_rng = np.random.default_rng(12345)  # same classes whatever the sample seed
+    grid = templates_rng.uniform(0, 255, size=(NUM_CLASSES, 3, 4, 2))
+    grid = np.concatenate([grid, grid[..., ::-1]], axis=-1)  # mirrored: (C, 3, 4, 4)
+    templates = grid.repeat(8, axis=2).repeat(8, axis=3)  # (C, 3, 32, 32)
+    rng = np.random.default_rng(seed)
+    noise = rng.normal(0, 40, size=(len(labels), *IMAGE_SHAPE))
+    return np.clip(templates[labels] + noise, 0, 255).astype(np.uint8)
+
+
+def write_synthetic(out: str | os.PathLike, num_train: int = 2000, num_test: int = 500, seed: int = 0) -> Path:
+    """Write a dataset in the exact CIFAR-100 python format (pickles `train`, `test`, `meta`)."""
+    root = Path(out) / RELEASE_DIR
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    coarse_of_fine = np.arange(NUM_CLASSES) // 5
+    for name, n, split_seed in (("train", num_train, seed), ("test", num_test, seed + 1)):
+        labels = np.resize(np.arange(NUM_CLASSES), n)  # balanced classes
+        rng.shuffle(labels)
+        images = synthetic_images(labels, split_seed)
+        payload = {
+            "filenames": [f"synthetic_{name}_{i}.png" for i in range(n)],
+            "batch_label": f"synthetic {name} (seed {seed})",
+            "fine_labels": labels.tolist(),
+            "coarse_labels": coarse_of_fine[labels].tolist(),
+            "data": images.reshape(n, -1),
+        }
+        _atomic_pickle(payload, root / name)
+    meta = {
+        "fine_label_names": [f"class_{i:02d}" for i in range(NUM_CLASSES)],
+        "coarse_label_names": [f"superclass_{i:02d}" for i in range(NUM_CLASSES // 5)],
+    }
+    _atomic_pickle(meta, root / "meta")
+    return root
+
+
+def _atomic_pickle(obj: object, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        pickle.dump(obj, f, protocol=2)
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Split, statistics, augmentation (pure functions)
+
+
+def split_sizes(num_examples: int, val_fraction: float) -> tuple[int, int]:
+    num_val = int(round(num_examples * val_fraction))
+    return num_examples - num_val, num_val
+
+
+def split_indices(num_examples: int, val_fraction: float = 0.2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(train, val) indices, equal to `random_split(range(n), [n_train, n_val], Generator().manual_seed(seed))`."""
+    num_train, _ = split_sizes(num_examples, val_fraction)
+    order = torch.randperm(num_examples, generator=torch.Generator().manual_seed(seed)).numpy()
+    return order[:num_train], order[num_train:]
+
+
+def channel_stats(images: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std (3,) of uint8 images (N, 3, H, W), in [0, 1] units."""
+    x = torch.as_tensor(images)
+    n = x.shape[0] * x.shape[2] * x.shape[3]
+    total = torch.zeros(3, dtype=torch.float64)
+    total_sq = torch.zeros(3, dtype=torch.float64)
+    for chunk in x.split(4096):  # chunks keep the float64 copy small
+        c = chunk.to(torch.float64) / 255
+        total += c.sum(dim=(0, 2, 3))
+        total_sq += (c * c).sum(dim=(0, 2, 3))
+    mean = total / n
+    std = (total_sq / n - mean * mean).clamp_min(0).sqrt()
+    return mean.float(), std.float()
+
+
+def crop_flip(images: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+    """Zero-pad by PAD, crop 32x32 at (dy, dx) in the padded image, mirror where `flip`.
+
+    images (B, C, 32, 32) any dtype; dy, dx (B,) ints in [0, 2*PAD]; flip (B,) bool. One gather.
+    """
+    b, c, h, w = images.shape
+    padded = F.pad(images, (PAD, PAD, PAD, PAD))  # (B, C, 40, 40)
+    steps = torch.arange(h, device=images.device)
+    rows = dy[:, None] + steps  # (B, 32)
+    cols = torch.where(flip[:, None], dx[:, None] + (w - 1) - steps, dx[:, None] + steps)  # (B, 32)
+    batch = torch.arange(b, device=images.device)[:, None, None, None]
+    chan = torch.arange(c, device=images.device)[None, :, None, None]
+    return padded[batch, chan, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+def normalise(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, 3, H, W) -> float32 standardised by per-channel mean/std (in [0, 1] units)."""
+    return (images.float() / 255 - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
+
+
+def epoch_generator(seed: int, epoch: int, stream: int = 0) -> torch.Generator:
+    """A CPU generator that depends only on (seed, epoch, stream), so resuming at epoch k needs no state."""
+    state = np.random.SeedSequence([seed, epoch, stream]).generate_state(2, dtype=np.uint64)
+    return torch.Generator().manual_seed(int(state[0] >> np.uint64(1)))
+
+
+@dataclass
+class EpochPlan:
+    """Every random draw of one training epoch, made on the host once and moved to the device once."""
+
+    order: torch.Tensor  # (N,) int64: the shuffled training indices
+    dy: torch.Tensor  # (N,) int64 in [0, 8]: crop row offset in the padded image
+    dx: torch.Tensor  # (N,) int64 in [0, 8]: crop column offset
+    flip: torch.Tensor  # (N,) bool: mirror left-right
+
+    @classmethod
+    def draw(cls, num_examples: int, seed: int, epoch: int) -> "EpochPlan":
+        g = epoch_generator(seed, epoch)
+        order = torch.randperm(num_examples, generator=g)
+        offsets = torch.randint(0, 2 * PAD + 1, (2, num_examples), generator=g)
+        flip = torch.rand(num_examples, generator=g) < 0.5
+        return cls(order, offsets[0], offsets[1], flip)
+
+    def to(self, device: torch.device) -> "EpochPlan":
+        return EpochPlan(*(t.to(device, non_blocking=True) for t in (self.order, self.dy, self.dx, self.flip)))
+
+
+class DeviceData:
+    """The train/val/test splits resident on `device` as uint8, with the split's normalisation."""
+
+    def __init__(self, data: CifarData, val_fraction: float, split_seed: int, device: torch.device):
+        train_idx, val_idx = split_indices(len(data.train_x), val_fraction, split_seed)
+        train_x = torch.from_numpy(data.train_x[train_idx])
+        self.mean, self.std = (t.to(device) for t in channel_stats(train_x))
+        self.device = device
+        self.train_x = train_x.to(device)
+        self.train_y = torch.from_numpy(data.train_y[train_idx]).to(device)
+        self.val_x = torch.from_numpy(data.train_x[val_idx]).to(device)
+        self.val_y = torch.from_numpy(data.train_y[val_idx]).to(device)
+        self.test_x = torch.from_numpy(data.test_x).to(device)
+        self.test_y = torch.from_numpy(data.test_y).to(device)
+
+    @property
+    def num_train(self) -> int:
+        return len(self.train_x)
+
+    def train_batches(self, plan: EpochPlan, batch_size: int):
+        """Yield (images float (B, 3, 32, 32) normalised, labels (B,)); the last partial batch is kept."""
+        for start in range(0, self.num_train, batch_size):
+            idx = plan.order[start : start + batch_size]
+            sl = slice(start, start + batch_size)
+            x = crop_flip(self.train_x[idx], plan.dy[sl], plan.dx[sl], plan.flip[sl])
+            yield normalise(x, self.mean, self.std), self.train_y[idx]
+
+    def eval_batches(self, split: str, batch_size: int):
+        x_all, y_all = {"val": (self.val_x, self.val_y), "test": (self.test_x, self.test_y)}[split]
+        for start in range(0, len(x_all), batch_size):
+            yield normalise(x_all[start : start + batch_size], self.mean, self.std), y_all[start : start + batch_size]
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI: python -m tune_cifar.data synthetic --out DIR
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tune_cifar.data", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    syn = sub.add_parser("synthetic", help="write a generated, learnable dataset in CIFAR-100's python format")
+    syn.add_argument("--out", required=True, help="folder to write cifar-100-python/ into")
+    syn.add_argument("--train", type=int, default=2000, help="training images (default 2000)")
+    syn.add_argument("--test", type=int, default=500, help="test images (default 500)")
+    syn.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.train < 2 or args.test < 1:
+        parser.error("--train must be >= 2 and --test >= 1")
+    if has_dataset(args.out):
+        print(f"error: {Path(args.out) / RELEASE_DIR} already holds a dataset; choose another --out or delete it",
+              file=sys.stderr)
+        return 2
+    root = write_synthetic(args.out, args.train, args.test, args.seed)
+    print(f"wrote {args.train} train and {args.test} test images to {root}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,248 @@
+"""The training loop: plain PyTorch, no Ray. One call trains one configuration.
+
+    python -m tune_cifar.train --data-dir DIR --lr 0.05 --epochs 15   # one JSON line per epoch on stdout
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from tune_cifar.config import ConfigError, TrainConfig, add_config_flags, config_from_args
+from tune_cifar.data import CifarData, DataError, DeviceData, EpochPlan, epoch_generator, load_cifar100
+from tune_cifar.models import build_model
+
+# Fields that make two runs different experiments; a checkpoint may only resume the same experiment.
+IDENTITY_FIELDS = ("model", "lr", "schedule", "weight_decay", "momentum", "batch_size", "mixup_alpha",
+                   "seed", "split_seed", "val_fraction")
+
+
+class CheckpointMismatch(RuntimeError):
+    """A saved state belongs to another configuration (model, study values, seed)."""
+
+
+def lr_at(base_lr: float, schedule: str, epoch: int, epochs: int) -> float:
+    """Learning rate used during 0-based `epoch`; cosine = CosineAnnealingLR(T_max=epochs, eta_min=0)."""
+    if schedule == "constant":
+        return base_lr
+    if schedule == "cosine":
+        return base_lr * (1 + math.cos(math.pi * epoch / epochs)) / 2
+    raise ValueError(f"unknown schedule {schedule!r}")
+
+
+def mixup(x: torch.Tensor, lam: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
+    """lam * x + (1 - lam) * x[perm]; lam is a 0-d tensor so no value leaves the device."""
+    return lam * x + (1 - lam) * x[perm]
+
+
+def mixup_loss_and_hits(logits: torch.Tensor, y: torch.Tensor, y_mix: torch.Tensor,
+                        lam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean mixed cross-entropy, and the lambda-weighted count of correct predictions (Zhang et al.)."""
+    loss = lam * F.cross_entropy(logits, y) + (1 - lam) * F.cross_entropy(logits, y_mix)
+    pred = logits.argmax(1)
+    hits = lam * (pred == y).sum() + (1 - lam) * (pred == y_mix).sum()
+    return loss, hits
+
+
+@dataclass
+class MixupPlan:
+    lam: torch.Tensor  # (num_batches,) float32, Beta(alpha, alpha) draws
+    perm: torch.Tensor  # (N,) int64: within batch i, perm[start:end] is a permutation of 0..b-1
+
+    @classmethod
+    def draw(cls, alpha: float, num_examples: int, batch_size: int, seed: int, epoch: int) -> "MixupPlan":
+        starts = range(0, num_examples, batch_size)
+        rng = np.random.default_rng(np.random.SeedSequence([seed, epoch, 1]))
+        lam = torch.tensor(rng.beta(alpha, alpha, size=len(starts)), dtype=torch.float32)
+        g = epoch_generator(seed, epoch, stream=2)
+        perm = torch.cat([torch.randperm(min(batch_size, num_examples - s), generator=g) for s in starts])
+        return cls(lam, perm)
+
+
+def pick_device(requested: str) -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("invalid device='cuda': no CUDA device is visible; use --device cpu or auto")
+    return torch.device(requested)
+
+
+class TrainState:
+    """Everything a resumed run needs: model, optimiser (momentum buffers), epochs done, RNG states.
+
+    The schedule is a pure function of the epoch, and shuffling, augmentation and mixup draw from
+    generators seeded by (seed, epoch), so these are the only state there is.
+    """
+
+    def __init__(self, cfg: TrainConfig, device: torch.device):
+        self.cfg = cfg
+        torch.manual_seed(cfg.seed)
+        self.model = build_model(cfg.model).to(device)
+        if device.type == "cuda" and cfg.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                         weight_decay=cfg.weight_decay)
+        self.epoch = 0  # epochs completed
+
+    def state_dict(self) -> dict[str, Any]:
+        state = {
+            "config": self.cfg.to_dict(),
+            "epoch": self.epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+        }
+        if torch.cuda.is_available():
+            state["cuda_rng"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        saved = state.get("config", {})
+        diff = [k for k in IDENTITY_FIELDS if saved.get(k) != getattr(self.cfg, k)]
+        if diff:
+            raise CheckpointMismatch(
+                "checkpoint is from another configuration (" +
+                ", ".join(f"{k}: saved {saved.get(k)!r} vs {getattr(self.cfg, k)!r}" for k in diff) + ")"
+            )
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.epoch = int(state["epoch"])
+        torch.set_rng_state(state["torch_rng"])
+        if "cuda_rng" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+
+
+EpochCallback = Callable[[dict[str, Any], TrainState], None]
+
+
+def evaluate(model: torch.nn.Module, data: DeviceData, split: str, cfg: TrainConfig,
+             autocast: torch.autocast) -> tuple[float, float]:
+    """True mean cross-entropy and accuracy over a whole split."""
+    model.eval()
+    loss_sum = torch.zeros((), device=data.device, dtype=torch.float64)
+    hits = torch.zeros((), device=data.device, dtype=torch.int64)
+    count = 0
+    with torch.no_grad(), autocast:
+        for x, y in data.eval_batches(split, cfg.eval_batch_size):
+            logits = model(_layout(x, cfg, data.device)).float()
+            loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
+            hits += (logits.argmax(1) == y).sum()
+            count += len(y)
+    return loss_sum.item() / count, hits.item() / count
+
+
+def _layout(x: torch.Tensor, cfg: TrainConfig, device: torch.device) -> torch.Tensor:
+    if device.type == "cuda" and cfg.channels_last:
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def train(cfg: TrainConfig, data: CifarData | DeviceData, on_epoch: EpochCallback | None = None,
+          resume_from: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train `cfg` from scratch or from a saved TrainState dict; return the last epoch's metrics."""
+    if isinstance(data, CifarData):
+        data = DeviceData(data, cfg.val_fraction, cfg.split_seed, pick_device(cfg.device))
+    device = data.device
+    state = TrainState(cfg, device)
+    if resume_from is not None:
+        state.load_state_dict(resume_from)
+    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+    step_model = torch.compile(state.model) if (cfg.compile and device.type == "cuda") else state.model
+
+    metrics: dict[str, Any] = {}
+    while state.epoch < cfg.epochs:
+        epoch = state.epoch
+        t0 = time.perf_counter()
+        lr = lr_at(cfg.lr, cfg.schedule, epoch, cfg.epochs)
+        for group in state.optimizer.param_groups:
+            group["lr"] = lr
+        train_loss, train_acc = _train_epoch(step_model, state.optimizer, data, cfg, epoch, autocast)
+        train_s = time.perf_counter() - t0
+        val_loss, val_acc = evaluate(step_model, data, "val", cfg, autocast)
+        state.epoch = epoch + 1
+        diverged = not math.isfinite(train_loss)
+        metrics = {
+            "epoch": epoch + 1,  # 1-based: epochs completed
+            "lr": lr,
+            "train_loss": train_loss,
+            "train_acc": train_acc,  # under mixup: lambda-weighted against both labels
+            "val_loss": val_loss,
+            "val_acc": val_acc,
+            "diverged": diverged,
+        }
+        if state.epoch == cfg.epochs or diverged:
+            metrics["test_loss"], metrics["test_acc"] = evaluate(step_model, data, "test", cfg, autocast)
+        metrics["images_per_s"] = data.num_train / train_s
+        metrics["epoch_s"] = time.perf_counter() - t0
+        if on_epoch is not None:
+            on_epoch(metrics, state)
+        if diverged:
+            break
+    return metrics
+
+
+def _train_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, data: DeviceData, cfg: TrainConfig,
+                 epoch: int, autocast: torch.autocast) -> tuple[float, float]:
+    """One pass over the training split; loss and accuracy accumulate on the device (one sync at the end)."""
+    model.train()
+    plan = EpochPlan.draw(data.num_train, cfg.seed, epoch).to(data.device)
+    mix = (MixupPlan.draw(cfg.mixup_alpha, data.num_train, cfg.batch_size, cfg.seed, epoch)
+           if cfg.mixup_alpha > 0 else None)
+    if mix is not None:
+        lams, perms = mix.lam.to(data.device), mix.perm.to(data.device)
+    loss_sum = torch.zeros((), device=data.device, dtype=torch.float64)
+    hits = torch.zeros((), device=data.device, dtype=torch.float64)
+    for step, (x, y) in enumerate(data.train_batches(plan, cfg.batch_size)):
+        with autocast:
+            if mix is None:
+                logits = model(_layout(x, cfg, data.device)).float()
+                loss = F.cross_entropy(logits, y)
+                batch_hits = (logits.argmax(1) == y).sum()
+            else:
+                lam, perm = lams[step], perms[step * cfg.batch_size : step * cfg.batch_size + len(y)]
+                logits = model(_layout(mixup(x, lam, perm), cfg, data.device)).float()
+                loss, batch_hits = mixup_loss_and_hits(logits, y, y[perm], lam)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.detach().double() * len(y)
+        hits += batch_hits.double()
+    return loss_sum.item() / data.num_train, hits.item() / data.num_train
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tune_cifar.train",
+                                     description="Train one configuration without Ray; JSON metrics per epoch on stdout.")
+    add_config_flags(parser)
+    args = parser.parse_args(argv)
+    try:
+        cfg = config_from_args(args)
+        data = load_cifar100(cfg.data_dir, cfg.download)
+        device = pick_device(cfg.device)
+    except (ConfigError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"training {cfg.model} on {device} for {cfg.epochs} epochs ({len(data.train_x)} images, "
+          f"val fraction {cfg.val_fraction})", file=sys.stderr)
+
+    def report(metrics: dict[str, Any], state: TrainState) -> None:
+        print(json.dumps(metrics), flush=True)
+        print(f"epoch {metrics['epoch']}/{cfg.epochs}  train_loss {metrics['train_loss']:.4f}  "
+              f"val_acc {metrics['val_acc']:.4f}  {metrics['images_per_s']:.0f} img/s", file=sys.stderr)
+
+    final = train(cfg, data, report)
+    return 1 if final.get("diverged") else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
