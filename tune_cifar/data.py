@@ -256,8 +256,8 @@ class DeviceData:
         self.train_y = torch.from_numpy(data.train_y[train_idx]).to(device)
         self.val_x = torch.from_numpy(data.train_x[val_idx]).to(device)
         self.val_y = torch.from_numpy(data.train_y[val_idx]).to(device)
-        self.test_x = torch.from_numpy(data.test_x).to(device)
-        self.test_y = torch.from_numpy(data.test_y).to(device)
+        self.test_x = torch.tensor(data.test_x, device=device)  # a copy: arrays from Ray's object store are read-only
+        self.test_y = torch.tensor(data.test_y, device=device)
 
     @property
     def num_train(self) -> int:

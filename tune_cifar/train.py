@@ -106,17 +106,20 @@ class TrainState:
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        saved = state.get("config", {})
+        saved = state.get("config", {}) if isinstance(state, dict) else {}
         diff = [k for k in IDENTITY_FIELDS if saved.get(k) != getattr(self.cfg, k)]
         if diff:
             raise CheckpointMismatch(
                 "checkpoint is from another configuration (" +
                 ", ".join(f"{k}: saved {saved.get(k)!r} vs {getattr(self.cfg, k)!r}" for k in diff) + ")"
             )
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.epoch = int(state["epoch"])
-        torch.set_rng_state(state["torch_rng"])
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.epoch = int(state["epoch"])
+            torch.set_rng_state(state["torch_rng"])
+        except (KeyError, RuntimeError, TypeError, ValueError) as e:
+            raise CheckpointMismatch(f"checkpoint does not fit this run ({type(e).__name__}: {e})") from None
         if "cuda_rng" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
 

@@ -1,0 +1,132 @@
+"""Run a study through Ray Tune:  python -m tune_cifar.run STUDY [options]
+
+Also runs as a plain script (`ray submit cluster.yaml tune_cifar/run.py lrs` copies only this file),
+so it imports the installed package by absolute name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+if __name__ == "__main__" and not __package__:
+    # Run as a file: drop this folder from sys.path (its data.py / config.py would shadow other
+    # packages' modules) and, inside a checkout, put the repository root there instead.
+    here = Path(__file__).resolve().parent
+    sys.path = [p for p in sys.path if Path(p or ".").resolve() != here]
+    if (here.parent / "search_spaces").is_dir():
+        sys.path.insert(0, str(here.parent))
+
+from tune_cifar.config import ConfigError  # noqa: E402
+from tune_cifar.data import DataError, load_cifar100, read_cifar100, write_synthetic  # noqa: E402
+from tune_cifar.experiment import ExperimentError, RunOptions, is_uri, run  # noqa: E402
+from tune_cifar.studies import StudyError, available_studies, load_study  # noqa: E402
+
+SMOKE = dict(train=500, test=100, epochs=2)  # generated images; the real MobileNet, 2 epochs
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m tune_cifar.run", description="Run a hyperparameter study with Ray Tune.")
+    p.add_argument("study", help=f"one of: {', '.join(available_studies())}")
+    p.add_argument("--smoke", action="store_true",
+                   help=f"generated data ({SMOKE['train']} train / {SMOKE['test']} test images), {SMOKE['epochs']} epochs")
+    p.add_argument("--data-dir", default="./data", help="CIFAR-100 folder; downloaded there when missing (default ./data)")
+    p.add_argument("--no-download", dest="download", action="store_false", help="never download; fail if data is missing")
+    p.add_argument("--epochs", type=int, help="override every study's epochs")
+    p.add_argument("--seeds", type=int, default=1, help="repeat every configuration with seeds 0..N-1 (default 1)")
+    p.add_argument("--gpus-per-trial", type=float,
+                   help="GPU share per trial (default 0.25 when the cluster has GPUs, else 0)")
+    p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (default 1)")
+    p.add_argument("--storage-path", default="./results",
+                   help="where experiments go: a local path, NFS, s3:// or gs:// (default ./results)")
+    p.add_argument("--address", default=None, help="Ray cluster to join (default RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted experiment (Tuner.restore)")
+    p.add_argument("--max-concurrent", type=int, help="at most this many trials at once")
+    p.add_argument("--max-failures", type=int, default=2, help="retries of a crashed trial from its checkpoint (default 2)")
+    p.add_argument("--checkpoint-every", type=int, default=1, help="epochs between checkpoints (default 1)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    return p.parse_args(argv)
+
+
+def validate(args: argparse.Namespace) -> None:
+    """Bad option values, caught before Ray starts or anything is written."""
+    g = args.gpus_per_trial
+    problems = [
+        (args.seeds < 1, f"--seeds must be >= 1, not {args.seeds}"),
+        (args.epochs is not None and args.epochs < 1, f"--epochs must be >= 1, not {args.epochs}"),
+        (g is not None and (g < 0 or (g > 1 and not float(g).is_integer())),
+         f"--gpus-per-trial must be a fraction in [0, 1] or a whole number of GPUs, not {g}"),
+        (args.cpus_per_trial <= 0, f"--cpus-per-trial must be > 0, not {args.cpus_per_trial}"),
+        (args.max_concurrent is not None and args.max_concurrent < 1, "--max-concurrent must be >= 1"),
+        (args.max_failures < 0, "--max-failures must be >= 0"),
+        (args.checkpoint_every < 1, "--checkpoint-every must be >= 1"),
+    ]
+    for bad, message in problems:
+        if bad:
+            raise ConfigError(message)
+    if not is_uri(args.storage_path):
+        _check_writable(Path(args.storage_path))
+
+
+def _check_writable(path: Path) -> None:
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"storage path {path} is not writable ({existing} is not a writable folder); "
+                          f"pass --storage-path with a folder you can write")
+
+
+def options(args: argparse.Namespace, data_dir: str) -> RunOptions:
+    return RunOptions(
+        storage_path=args.storage_path, data_dir=data_dir, download=args.download,
+        epochs=SMOKE["epochs"] if args.smoke and args.epochs is None else args.epochs,
+        seeds=args.seeds, gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial,
+        max_concurrent=args.max_concurrent, max_failures=args.max_failures,
+        checkpoint_every=args.checkpoint_every, resume=args.resume, device=args.device,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        study = load_study(args.study)
+        validate(args)
+        if args.smoke:
+            smoke_dir = tempfile.mkdtemp(prefix="tune-cifar-smoke-")
+            write_synthetic(smoke_dir, SMOKE["train"], SMOKE["test"], seed=0)
+            data, data_dir = read_cifar100(smoke_dir), smoke_dir
+        else:
+            data, data_dir = load_cifar100(args.data_dir, args.download), str(Path(args.data_dir).absolute())
+        _start_ray(args.address)
+        run(study, data, options(args, data_dir))
+    except (ConfigError, DataError, StudyError, ExperimentError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"interrupted; continue with: python -m tune_cifar.run {args.study} --resume "
+              f"--storage-path {args.storage_path}", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _start_ray(address: str | None) -> None:
+    # One checkpoint per epoch is the point on short trials; Tune's sync-frequency warning is noise here.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    print(f"connecting to Ray at {address}" if address else "starting a local Ray", file=sys.stderr)
+    if address:
+        ray.init(address=address)
+    else:
+        ray.init(include_dashboard=False)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

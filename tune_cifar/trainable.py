@@ -1,0 +1,108 @@
+"""The Ray Tune function trainable: a thin adapter from Tune to the Ray-free loop in train.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+from ray import tune
+
+from tune_cifar.config import TrainConfig
+from tune_cifar.data import CifarData
+from tune_cifar.provenance import provenance
+from tune_cifar.train import CheckpointMismatch, TrainState, train
+
+CHECKPOINT_FILE = "state.pt"
+
+
+@dataclass(frozen=True)
+class TrialOptions:
+    study: str = ""
+    checkpoint_every: int = 1  # epochs between checkpoints; the last epoch is always saved
+
+
+def train_trial(config: dict[str, Any], data: CifarData, options: TrialOptions = TrialOptions()) -> None:
+    cfg = TrainConfig.from_dict(config)
+    gpu_ids = [str(g) for g in ray.get_gpu_ids()]
+    if cfg.device == "auto":
+        cfg = cfg.replace(device="cuda" if gpu_ids and torch.cuda.is_available() else "cpu")
+    cpus = tune.get_context().get_trial_resources().required_resources.get("CPU", 1)
+    torch.set_num_threads(max(1, int(cpus)))
+    trial_dir = Path(tune.get_context().get_trial_dir())
+    _write_run_info(trial_dir, cfg, options, gpu_ids)
+
+    resume_from = _load_checkpoint(tune.get_checkpoint())
+
+    def report(metrics: dict[str, Any], state: TrainState) -> None:
+        last = state.epoch == cfg.epochs or metrics["diverged"]
+        if last or state.epoch % options.checkpoint_every == 0:
+            with tempfile.TemporaryDirectory() as tmp:
+                torch.save(state.state_dict(), os.path.join(tmp, CHECKPOINT_FILE))
+                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+        else:
+            tune.report(metrics)
+
+    try:
+        train(cfg, data, report, resume_from)
+    except CheckpointMismatch as e:
+        if resume_from is None:
+            raise
+        print(f"[{options.study}] checkpoint ignored, starting over: {e}", file=sys.stderr)
+        train(cfg, data, report, None)
+    except torch.OutOfMemoryError as e:
+        raise MemoryError(
+            f"{cfg.device} out of memory in trial (batch_size={cfg.batch_size}): give each trial a larger share "
+            f"with --gpus-per-trial (fewer trials per GPU) or lower --max-concurrent / the batch size. ({e})"
+        ) from None
+
+
+def _load_checkpoint(checkpoint: tune.Checkpoint | None) -> dict[str, Any] | None:
+    """The saved TrainState, or None (with a message) when the checkpoint cannot be read."""
+    if checkpoint is None:
+        return None
+    try:
+        with checkpoint.as_directory() as d:
+            return torch.load(os.path.join(d, CHECKPOINT_FILE), map_location="cpu", weights_only=False)
+    except Exception as e:  # truncated file, foreign pickle, missing file: all mean "start over"
+        print(f"checkpoint unreadable ({type(e).__name__}: {e}); starting the trial over", file=sys.stderr)
+        return None
+
+
+def _write_run_info(trial_dir: Path, cfg: TrainConfig, options: TrialOptions, gpu_ids: list[str]) -> None:
+    """What produced this trial, beside its results; restarts are appended, not overwritten."""
+    path = trial_dir / "run_info.json"
+    ctx = tune.get_context()
+    resources = ctx.get_trial_resources().required_resources
+    starts = []
+    if path.exists():
+        try:
+            starts = json.loads(path.read_text()).get("starts", [])
+        except (OSError, ValueError):
+            pass
+    info = {
+        "study": options.study,
+        "trial_id": ctx.get_trial_id(),
+        "config": cfg.to_dict(),
+        "seed": cfg.seed,
+        "resources": {"cpu": resources.get("CPU", 0), "gpu": resources.get("GPU", 0)},
+        "gpu_ids": gpu_ids,
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "hostname": socket.gethostname(),
+        "node_id": ray.get_runtime_context().get_node_id(),
+        "start_time": starts[0] if starts else time.time(),
+        "starts": starts + [time.time()],
+        **provenance(),
+    }
+    trial_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(info, indent=2, default=str))
+    os.replace(tmp, path)
