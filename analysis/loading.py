@@ -1,0 +1,237 @@
+"""Results on disk -> one tidy DataFrame (one row per trial and epoch), without Ray or the trainable.
+
+An experiment folder is what one study writes: `study.json`, `results.parquet` (when the study
+ended) and Tune's trial folders (`params.json` + `result.json` + `run_info.json`). A results root
+holds several experiment folders, possibly nested (`<root>/all/<study>/`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import pandas as pd
+
+from tune_cifar.config import TrainConfig
+
+CONFIG_FIELDS = tuple(f.name for f in fields(TrainConfig))
+# What makes two trials the same configuration. The seed is what we average over; data_dir, device,
+# precision, channels_last, compile, eval_batch_size and download say where and how fast it ran.
+IDENTITY_FIELDS = ("model", "lr", "schedule", "weight_decay", "momentum", "epochs", "batch_size",
+                   "mixup_alpha", "split_seed", "val_fraction")
+METRICS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "diverged", "test_loss",
+           "test_acc", "images_per_s", "epoch_s", "timestamp")
+STUDY_ORDER = ("lr", "lrs", "wd", "mixup")  # the report's order; other studies follow by name
+KEY_COLUMNS = ("experiment", "study", "configuration", "trial_id", "seed", "status")
+_MAX_DEPTH = 3  # <root>/all/<study>/ is the deepest layout the runner writes
+
+
+class AnalysisError(Exception):
+    """The path holds no results that analysis can read; the message says what was expected."""
+
+
+def load(path: str | Path) -> pd.DataFrame:
+    """Tidy frame of every trial and epoch under `path` (one experiment folder or a results root)."""
+    root = Path(path)
+    frames = [load_experiment(folder, label) for label, folder in experiment_labels(root).items()]
+    frames = [f for f in frames if not f.empty]
+    if not frames:
+        raise AnalysisError(f"{root}: experiment folder(s) found but no trial has reported an epoch yet")
+    return pd.concat(frames, ignore_index=True)
+
+
+def find_experiments(root: Path) -> list[Path]:
+    if not root.exists():
+        raise AnalysisError(f"{root}: no such file or folder")
+    if not root.is_dir():
+        raise AnalysisError(f"{root}: not a folder; pass a study's experiment folder or a results root")
+    found = [root] if is_experiment(root) else list(_search(root, _MAX_DEPTH))
+    if not found:
+        hint = "; it looks like a single trial's folder, pass its parent" if _is_trial(root) else ""
+        raise AnalysisError(
+            f"{root} is not an experiment: no study.json, results.parquet or Tune trial folders "
+            f"(params.json + result.json) in it or in its subfolders{hint}")
+    return found
+
+
+def experiment_labels(root: str | Path) -> dict[str, Path]:
+    """`lr`, or `all/lr` for a study run inside the chained `all` study -> its folder, in report order."""
+    root = Path(root)
+    folders = find_experiments(root)
+    labels = [_label(f) for f in folders]
+    clashes = {l for l in labels if labels.count(l) > 1}
+    labels = [(f.relative_to(root).as_posix() or l) if l in clashes else l for l, f in zip(labels, folders)]
+    return dict(sorted(zip(labels, folders), key=lambda item: _sort_key(item[0])))
+
+
+def is_experiment(folder: Path) -> bool:
+    return ((folder / "study.json").is_file() or (folder / "results.parquet").is_file()
+            or any(_is_trial(child) for child in _subdirs(folder)))
+
+
+def read_study(folder: Path) -> dict[str, Any]:
+    """study.json, or a minimal stand-in for a copied folder that lost it."""
+    path = Path(folder) / "study.json"
+    meta = _read_json(path) if path.is_file() else {}
+    meta.setdefault("study", Path(folder).name)
+    meta.setdefault("metric", "val_acc")
+    meta.setdefault("mode", "max")
+    meta.setdefault("space", {})
+    return meta
+
+
+def read_chains(root: str | Path) -> dict[str, dict[str, Any]]:
+    """Every chain.json at or just under `root`, keyed by its folder's name (`all`)."""
+    root = Path(root)
+    paths = [root / "chain.json"] + sorted(root.glob("*/chain.json"))
+    return {p.parent.name: _read_json(p) for p in paths if p.is_file()}
+
+
+def study_metadata(root: str | Path) -> dict[str, dict[str, Any]]:
+    """study.json of every experiment under `root`, keyed by the same label as load()'s `experiment`."""
+    return {label: read_study(folder) for label, folder in experiment_labels(root).items()}
+
+
+def load_experiment(folder: Path, label: str) -> pd.DataFrame:
+    meta = read_study(folder)
+    parquet = folder / "results.parquet"
+    if parquet.is_file():  # written when the study ended: the whole study in one file
+        df = pd.read_parquet(parquet)
+    else:  # interrupted before the parquet: read what Tune wrote per trial
+        df = _read_trial_folders(folder, meta)
+    if df.empty:
+        return df
+    df = _normalise(df, meta)
+    df.insert(0, "experiment", label)
+    df["configuration"] = configuration_labels(df, list(meta["space"]))
+    return df[_column_order(df)].sort_values(["trial_id", "epoch"], ignore_index=True)
+
+
+def configuration_labels(df: pd.DataFrame, keys: Iterable[str] = ()) -> pd.Series:
+    """`lr=0.05`, `mixup_alpha=off`: the study's varied keys, plus any other identity field that varies."""
+    keys = [k for k in keys if f"config/{k}" in df]
+    keys += [k for k in IDENTITY_FIELDS if k not in keys and f"config/{k}" in df
+             and df[f"config/{k}"].nunique(dropna=False) > 1]
+    if not keys:
+        return pd.Series("base", index=df.index)
+    parts = [df[f"config/{k}"].map(lambda v, k=k: f"{k}={format_value(k, v)}") for k in keys]
+    return pd.concat(parts, axis=1).agg(", ".join, axis=1)
+
+
+def format_value(field: str, value: Any) -> str:
+    if field == "mixup_alpha" and value == 0:
+        return "off"
+    if isinstance(value, (float, np.floating)):
+        return format(float(value), ".6g")
+    return str(value)
+
+
+def _read_trial_folders(folder: Path, meta: dict[str, Any]) -> pd.DataFrame:
+    trials = [_read_trial(child, meta) for child in _subdirs(folder) if _is_trial(child)]
+    trials = [t for t in trials if not t.empty]
+    return pd.concat(trials, ignore_index=True) if trials else pd.DataFrame()
+
+
+def _read_trial(folder: Path, meta: dict[str, Any]) -> pd.DataFrame:
+    params = _read_json(folder / "params.json")
+    info = _read_json(folder / "run_info.json") if (folder / "run_info.json").is_file() else {}
+    lines = _read_json_lines(folder / "result.json")
+    if not lines:
+        return pd.DataFrame()
+    config = {**meta.get("base", {}), **info.get("config", {}), **params}
+    rows = pd.DataFrame([{m: line.get(m) for m in METRICS} for line in lines])
+    rows["epoch"] = rows["epoch"].fillna(pd.Series([line.get("training_iteration") for line in lines]))
+    rows.insert(0, "study", meta["study"])
+    rows.insert(1, "trial_id", str(info.get("trial_id") or lines[-1].get("trial_id") or folder.name))
+    rows.insert(2, "seed", info.get("seed", config.get("seed")))
+    rows.insert(3, "status", _trial_status(folder, rows, config))
+    for name in CONFIG_FIELDS:
+        rows[f"config/{name}"] = config.get(name)
+    resources = info.get("resources") or meta.get("resources") or {}
+    rows["resources/cpu"] = resources.get("cpu", math.nan)
+    rows["resources/gpu"] = resources.get("gpu", math.nan)
+    return rows
+
+
+def _trial_status(folder: Path, rows: pd.DataFrame, config: dict[str, Any]) -> str:
+    if (folder / "error.txt").is_file():  # Tune writes it when the trainable raised
+        return "ERROR"
+    done = rows["epoch"].max() >= config.get("epochs", math.inf) or rows["diverged"].fillna(False).astype(bool).any()
+    return "TERMINATED" if done else "UNFINISHED"
+
+
+def _normalise(df: pd.DataFrame, meta: dict[str, Any]) -> pd.DataFrame:
+    df = df.copy()
+    if "study" not in df:
+        df["study"] = meta["study"]
+    if "seed" not in df and "config/seed" in df:
+        df["seed"] = df["config/seed"]
+    for name in [m for m in METRICS if m not in df]:
+        df[name] = np.nan
+    for name in [f"config/{f}" for f in CONFIG_FIELDS if f"config/{f}" not in df]:
+        df[name] = meta.get("base", {}).get(name.removeprefix("config/"))
+    for name in ("status", "resources/cpu", "resources/gpu"):
+        if name not in df:
+            df[name] = "TERMINATED" if name == "status" else np.nan
+    df["trial_id"] = df["trial_id"].astype(str)
+    df["epoch"] = pd.to_numeric(df["epoch"]).astype(int)
+    df["diverged"] = df["diverged"].astype("boolean").fillna(False).astype(bool)
+    for name in [m for m in METRICS if m not in ("epoch", "diverged")] + ["resources/cpu", "resources/gpu"]:
+        df[name] = pd.to_numeric(df[name], errors="coerce").astype(float)
+    return df
+
+
+def _column_order(df: pd.DataFrame) -> list[str]:
+    config = [f"config/{f}" for f in CONFIG_FIELDS]
+    first = list(KEY_COLUMNS) + config + list(METRICS) + ["resources/cpu", "resources/gpu"]
+    return first + [c for c in df.columns if c not in first]
+
+
+def _search(folder: Path, depth: int) -> Iterable[Path]:
+    for child in _subdirs(folder):
+        if is_experiment(child):
+            yield child
+        elif depth > 1 and not _is_trial(child):
+            yield from _search(child, depth - 1)
+
+
+def _subdirs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _is_trial(folder: Path) -> bool:
+    return (folder / "params.json").is_file() and (folder / "result.json").is_file()
+
+
+def _label(folder: Path) -> str:
+    chain = read_study(folder).get("chain") if (folder / "study.json").is_file() else None
+    if chain is None and (folder.parent / "chain.json").is_file():
+        chain = folder.parent.name
+    return f"{chain}/{folder.name}" if chain else folder.name
+
+
+def _sort_key(label: str) -> tuple:
+    parts = label.split("/")
+    order = STUDY_ORDER.index(parts[-1]) if parts[-1] in STUDY_ORDER else len(STUDY_ORDER)
+    return (len(parts), parts[:-1], order, parts[-1])
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise AnalysisError(f"{path}: unreadable JSON ({err})") from None
+
+
+def _read_json_lines(path: Path) -> list[dict[str, Any]]:
+    lines = []
+    for text in path.read_text().splitlines():
+        try:
+            lines.append(json.loads(text))
+        except json.JSONDecodeError:  # a line cut short when the trial was killed mid-write
+            continue
+    return lines
