@@ -120,6 +120,7 @@ def save(fig: Figure, stem: Path) -> list[Path]:
         path = Path(f"{stem}.{fmt}")
         write_atomic(path, buf.getvalue())
         paths.append(path)
+        fig.set_layout_engine("none")  # keep the layout the PNG computed; redoing it for the SVG is slow
     return paths
 
 

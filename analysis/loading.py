@@ -179,6 +179,8 @@ def _normalise(df: pd.DataFrame, meta: dict[str, Any]) -> pd.DataFrame:
             df[name] = "TERMINATED" if name == "status" else np.nan
     df["trial_id"] = df["trial_id"].astype(str)
     df["epoch"] = pd.to_numeric(df["epoch"]).astype(int)
+    # a trial restarted from a checkpoint reports the epochs after it again; the later report stands
+    df = df.drop_duplicates(["trial_id", "epoch"], keep="last")
     df["diverged"] = df["diverged"].astype("boolean").fillna(False).astype(bool)
     for name in [m for m in METRICS if m not in ("epoch", "diverged")] + ["resources/cpu", "resources/gpu"]:
         df[name] = pd.to_numeric(df[name], errors="coerce").astype(float)

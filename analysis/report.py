@@ -14,7 +14,7 @@ from analysis.loading import (IDENTITY_FIELDS, AnalysisError, format_value, load
 from analysis.published import tables_for
 from analysis.render import Block, Bullets, Grid, Heading, Image, Para, to_html, to_markdown
 from analysis.stats import compare_top_two, ranked, summary, trials
-from analysis.tables import Table, table_markdown, study_tables
+from analysis.tables import OURS_NOTE, Table, study_tables, table_markdown
 
 TITLE = "Reproduction report: MobileNet on CIFAR-100, four hyperparameter studies"
 STUDY_TITLES = {"lr": "Learning rate", "lrs": "Learning-rate schedule", "wd": "Weight decay", "mixup": "Mixup"}
@@ -37,7 +37,7 @@ def write_report(results: str | Path, out: str | Path | None = None, log=print) 
     s = summary(df)
     write_atomic(out / "tables" / "summary.csv", s.to_csv(index=False))
     write_atomic(out / "tables" / "trials.csv", t.to_csv(index=False))
-    blocks: list[Block] = [Heading(1, TITLE), Para(_intro(results, df)), Para(METHOD)]
+    blocks: list[Block] = [Heading(1, TITLE), Para(_intro(results, df)), Para(METHOD), Para(OURS_NOTE)]
     for number, experiment in enumerate(dict.fromkeys(df["experiment"]), start=1):
         log(f"report: {experiment}")
         blocks += _study_section(number, experiment, df[df["experiment"] == experiment],
@@ -156,25 +156,31 @@ def _published_winner(study: str, metric: str) -> str | None:
 
 def _chain_section(name: str, chain: dict, t: pd.DataFrame, s: pd.DataFrame, meta: dict) -> list[Block]:
     order = chain.get("order", [])
-    carried = chain.get("carried", {})
+    carried = chain.get("carried", {})  # stage -> everything carried into it (cumulative)
+    recorded = chain.get("winners", {})  # stage -> the winner the runner carried forward
     rows = []
-    for i, stage in enumerate(order):
+    for stage in order:
         experiment = f"{name}/{stage}"
         mine = s[s["experiment"] == experiment]
-        nxt = order[i + 1] if i + 1 < len(order) else None
-        passed = ", ".join(f"{k}={format_value(k, v)}" for k, v in carried.get(nxt, {}).items()) if nxt else ""
+        into = ", ".join(f"{k}={format_value(k, v)}" for k, v in carried.get(stage, {}).items()) or "(nothing)"
+        theirs = ", ".join(f"{k}={format_value(k, v)}" for k, v in recorded.get(stage, {}).items())
         if mine.empty:
-            rows.append((stage, "not run", "", passed))
+            rows.append((stage, into, "not run", "", theirs, ""))
             continue
         m = meta.get(experiment, {})
         metric, mode = m.get("metric", "val_acc"), m.get("mode", "max")
-        c = compare_top_two(t, mine, metric, mode)
         best = ranked(mine, metric, mode).iloc[0]
-        rows.append((stage, c.winner, f"{best[f'{metric}_mean']:.4f} ({metric})", passed))
+        verdict = compare_top_two(t, mine, metric, mode).verdict.split(":")[0]
+        agree = "" if not theirs else ("yes" if theirs == best["configuration"] else "no")
+        rows.append((stage, into, f"{best['configuration']} ({best[f'{metric}_mean']:.4f} {metric})",
+                     verdict, theirs, agree))
     return [Heading(2, f"Carried-forward chain (`{name}`)"),
-            Para(f"The studies ran in the order {' -> '.join(order)}; each started from the values below, "
-                 "chosen as the previous study's winner by validation accuracy."),
-            Grid(("study", "winner (ours)", "winner's score", "carried into the next study"), tuple(rows))]
+            Para(f"The studies ran in the order {' -> '.join(order)}; each started from the winners of the "
+                 "ones before it, chosen by validation accuracy. `carried in` is what a study started from; "
+                 "`carried forward` is the winner the runner passed on; `margin vs seed noise` is the "
+                 "winner-vs-runner-up verdict from the study's section."),
+            Grid(("study", "carried in", "winner (this report)", "margin vs seed noise", "carried forward",
+                  "same?"), tuple(rows))]
 
 
 def _cost_section(t: pd.DataFrame) -> list[Block]:

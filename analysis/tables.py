@@ -130,7 +130,7 @@ def _table(name, title, frame, metrics, published: bool, extra=()) -> Table:
                 row.append(_signed(r[f"{m}_diff"]) if comparable else "not comparable")
         row.append(r["status"])
         cells.append(row)
-    return Table(name, title, frame, header, cells, [OURS_NOTE, *extra])
+    return Table(name, title, frame, header, cells, list(extra))
 
 
 def _blank(x) -> bool:
@@ -160,5 +160,5 @@ def markdown_table(header: list[str], cells: list[list[str]]) -> str:
 
 
 def table_markdown(table: Table) -> str:
-    notes = "\n\n".join(table.notes)
+    notes = "\n\n".join([OURS_NOTE, *table.notes])
     return f"**{table.name}.** {table.title}\n\n{markdown_table(table.header, table.cells)}\n\n{notes}\n"

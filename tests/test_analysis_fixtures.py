@@ -103,6 +103,7 @@ def write_root(root: Path, seeds=(0, 1)) -> Path:
     chain_root = root / "all"
     write_study(chain_root, "lr", {"lr": [0.01, 0.05]}, chain="all")
     write_study(chain_root, "lrs", {"schedule": ["constant", "cosine"]}, chain="all", carried={"lr": 0.05})
-    (chain_root / "chain.json").write_text(json.dumps({"order": ["lr", "lrs", "wd", "mixup"],
-                                                       "carried": {"lrs": {"lr": 0.05}}}))
+    (chain_root / "chain.json").write_text(json.dumps({
+        "order": ["lr", "lrs", "wd", "mixup"], "carried": {"lr": {}, "lrs": {"lr": 0.05}},
+        "winners": {"lr": {"lr": 0.05}, "lrs": {"schedule": "cosine"}}}))
     return root

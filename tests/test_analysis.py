@@ -1,0 +1,216 @@
+"""analysis: loading Tune's files and our parquet, per-seed statistics, the report's tables."""
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+import analysis
+from analysis.loading import CONFIG_FIELDS
+from analysis.published import TABLES
+from analysis.tables import study_tables, table_markdown
+from test_analysis_fixtures import BASE, final_acc, write_root, write_study
+
+
+def frame(finals: dict[str, list[float]], *, diverged: dict[str, list[bool]] | None = None, epochs: int = 2) -> pd.DataFrame:
+    """A tidy frame by hand: configuration -> each seed's final val_acc (train/test follow from it)."""
+    rows = []
+    for ci, (config, values) in enumerate(finals.items()):
+        for seed, acc in enumerate(values):
+            for epoch in range(1, epochs + 1):
+                last = epoch == epochs
+                div = bool((diverged or {}).get(config, [False] * len(values))[seed]) and last
+                rows.append({"experiment": "lr", "study": "lr", "configuration": config,
+                             "trial_id": f"{config}-{seed}", "seed": seed, "status": "TERMINATED",
+                             **{f"config/{k}": v for k, v in BASE.items()}, "config/lr": 0.01 * (ci + 1),
+                             "config/epochs": epochs, "epoch": epoch, "lr": 0.01, "train_loss": 1.0,
+                             "train_acc": acc + 0.1, "val_loss": 2.0, "val_acc": acc if last else acc / 2,
+                             "diverged": div, "test_loss": 2.1 if last else math.nan,
+                             "test_acc": acc - 0.01 if last else math.nan, "images_per_s": 1e3,
+                             "epoch_s": 1800.0, "timestamp": 0.0, "resources/cpu": 2.0, "resources/gpu": 0.5})
+    return pd.DataFrame(rows)
+
+
+# --- loading -------------------------------------------------------------------------------------
+
+def test_load_reads_tune_trial_folders_into_one_row_per_trial_and_epoch(tmp_path):
+    write_study(tmp_path, "lr", {"lr": [0.01, 0.05, 0.5]}, seeds=(0, 1), epochs=4)
+    df = analysis.load(tmp_path / "lr")
+    assert len(df) == 3 * 2 * 4
+    assert df.groupby("trial_id").size().eq(4).all()
+    assert {f"config/{f}" for f in CONFIG_FIELDS} <= set(df.columns)
+    assert {"study", "trial_id", "seed", "status", "epoch", "val_acc", "test_acc", "resources/gpu"} <= set(df.columns)
+    assert set(df["experiment"]) == {"lr"} and set(df["seed"]) == {0, 1}
+    assert sorted(df["configuration"].unique()) == ["lr=0.01", "lr=0.05", "lr=0.5"]
+    last = df[(df["configuration"] == "lr=0.05") & (df["seed"] == 1) & (df["epoch"] == 4)].iloc[0]
+    assert last["val_acc"] == pytest.approx(final_acc(1, 1))
+    assert df.loc[df["epoch"] < 4, "test_acc"].isna().all()  # test metrics only on the last epoch
+
+
+def test_parquet_is_preferred_and_agrees_with_the_trial_folders(tmp_path):
+    folder = write_study(tmp_path, "wd", {"weight_decay": [0.0001, 0.0005]}, seeds=(0, 1), parquet=True)
+    from_parquet = analysis.load(folder)
+    (folder / "results.parquet").rename(tmp_path / "aside.parquet")
+    from_folders = analysis.load(folder)
+    cols = ["trial_id", "epoch", "seed", "configuration", "config/weight_decay", "val_acc", "train_loss", "test_acc"]
+    pd.testing.assert_frame_equal(from_parquet[cols], from_folders[cols], check_dtype=False)
+    marked = pd.read_parquet(tmp_path / "aside.parquet").assign(val_acc=0.123)
+    marked.to_parquet(folder / "results.parquet")
+    assert (analysis.load(folder)["val_acc"] == 0.123).all()
+
+
+def test_a_results_root_yields_every_study_including_the_chained_ones(tmp_path):
+    write_root(tmp_path, seeds=(0,))
+    df = analysis.load(tmp_path)
+    assert list(dict.fromkeys(df["experiment"])) == ["lr", "lrs", "wd", "mixup", "all/lr", "all/lrs"]
+    assert set(df.loc[df["experiment"] == "all/lr", "study"]) == {"lr"}
+    labels = set(df["configuration"])
+    assert {"mixup_alpha=off", "mixup_alpha=0.2", "weight_decay=0.0005", "schedule=cosine"} <= labels
+    assert set(analysis.study_metadata(tmp_path)) == set(df["experiment"])
+
+
+@pytest.mark.parametrize("make", ["empty", "missing", "file", "trial"])
+def test_a_path_that_is_not_an_experiment_is_one_clear_error(tmp_path, make):
+    if make == "empty":
+        path = tmp_path
+    elif make == "missing":
+        path = tmp_path / "nope"
+    elif make == "file":
+        path = tmp_path / "x.txt"
+        path.write_text("hi")
+    else:
+        folder = write_study(tmp_path, "lr", {"lr": [0.05]})
+        path = next(p for p in folder.iterdir() if p.is_dir())
+    with pytest.raises(analysis.AnalysisError, match=str(path.name)) as err:
+        analysis.load(path)
+    if make == "trial":
+        assert "pass its parent" in str(err.value)
+
+
+def test_a_result_line_cut_short_and_a_repeated_epoch_are_handled(tmp_path):
+    folder = write_study(tmp_path, "lr", {"lr": [0.05]}, epochs=3)
+    trial = next(p for p in folder.iterdir() if p.is_dir())
+    lines = (trial / "result.json").read_text().splitlines()
+    redo = json.loads(lines[1]) | {"val_acc": 0.777}  # epoch 2 again after a restart from a checkpoint
+    (trial / "result.json").write_text("\n".join(lines + [json.dumps(redo), '{"epoch": 3, "val_a']))
+    df = analysis.load(folder)
+    assert list(df["epoch"]) == [1, 2, 3]
+    assert df.loc[df["epoch"] == 2, "val_acc"].item() == 0.777
+
+
+# --- statistics ----------------------------------------------------------------------------------
+
+def test_summary_mean_std_and_ci_match_scipy():
+    values = [0.40, 0.42, 0.47]
+    s = analysis.summary(frame({"lr=0.01": values, "lr=0.02": [0.5]}))
+    row = s.set_index("configuration").loc["lr=0.01"]
+    mean, sd = np.mean(values), np.std(values, ddof=1)
+    low, high = stats.t.interval(0.95, len(values) - 1, loc=mean, scale=sd / math.sqrt(len(values)))
+    assert row["n_seeds"] == 3
+    assert (row["val_acc_mean"], row["val_acc_std"]) == (pytest.approx(mean), pytest.approx(sd))
+    assert (row["val_acc_ci_low"], row["val_acc_ci_high"]) == (pytest.approx(low), pytest.approx(high))
+    # worked by hand: mean 0.43, sd 0.036056, t(0.975, 2) = 4.302653, half-width 0.089567
+    assert row["val_acc_ci_high"] - mean == pytest.approx(0.089567, abs=1e-6)
+    single = s.set_index("configuration").loc["lr=0.02"]
+    assert single["val_acc_mean"] == 0.5 and math.isnan(single["val_acc_std"]) and math.isnan(single["val_acc_ci_low"])
+    # 3 trials x 2 epochs x 1800 s x 0.5 GPU = 1.5 GPU-hours
+    assert row["gpu_hours"] == pytest.approx(1.5) and row["wall_s"] == pytest.approx(3 * 2 * 1800)
+
+
+def test_welch_matches_scipy_and_decides_beyond_or_within_noise():
+    a, b = [0.61, 0.62, 0.63], [0.55, 0.56, 0.58]
+    w = analysis.welch(a, b)
+    ref = stats.ttest_ind(a, b, equal_var=False)
+    assert (w.statistic, w.p_value, w.df) == (pytest.approx(ref.statistic), pytest.approx(ref.pvalue), pytest.approx(ref.df))
+    assert w.diff_low < np.mean(a) - np.mean(b) < w.diff_high
+
+    clear = frame({"lr=0.01": a, "lr=0.02": b})
+    c = analysis.compare_top_two(analysis.trials(clear), analysis.summary(clear))
+    assert (c.winner, c.runner_up) == ("lr=0.01", "lr=0.02")
+    assert c.margin == pytest.approx(np.mean(a) - np.mean(b))
+    assert c.verdict.startswith("beyond seed noise") and "Welch" in c.verdict and f"{ref.pvalue:.3g}" in c.verdict
+
+    noisy = frame({"lr=0.01": [0.60, 0.50, 0.70], "lr=0.02": [0.59, 0.52, 0.64]})
+    c = analysis.compare_top_two(analysis.trials(noisy), analysis.summary(noisy))
+    assert c.verdict.startswith("within seed noise")
+
+
+def test_one_seed_leaves_the_comparison_untested():
+    one = frame({"lr=0.01": [0.6], "lr=0.02": [0.5]})
+    c = analysis.compare_top_two(analysis.trials(one), analysis.summary(one))
+    assert c.winner == "lr=0.01" and c.test is None and c.verdict.startswith("untested")
+
+
+def test_a_diverged_configuration_is_flagged_and_never_the_winner():
+    df = frame({"lr=0.01": [0.9, 0.88], "lr=0.02": [0.5, 0.52]}, diverged={"lr=0.01": [False, True]})
+    s = analysis.summary(df)
+    bad = s.set_index("configuration").loc["lr=0.01"]
+    assert bad["diverged"] and bad["n_diverged"] == 1 and not bad["incomplete"]
+    assert analysis.ranked(s)["configuration"].tolist() == ["lr=0.02", "lr=0.01"]
+    assert analysis.compare_top_two(analysis.trials(df), s).winner == "lr=0.02"
+
+
+def test_diverged_missing_epoch_and_crashed_trials_from_folders(tmp_path):
+    folder = write_study(tmp_path, "lr", {"lr": [0.01, 0.05, 0.5]}, seeds=(0, 1), epochs=5,
+                         diverge={(2, 0): 2}, drop={(0, 1): 3}, crash={(1, 1): 2})
+    df = analysis.load(folder)
+    t = analysis.trials(df).set_index(["configuration", "seed"])
+    assert t.loc[("lr=0.5", 0), ["diverged", "diverged_epoch", "last_epoch", "finished", "incomplete"]].tolist() \
+        == [True, 2, 2, True, False]
+    assert t.loc[("lr=0.01", 1), "missing_epochs"] == "3" and t.loc[("lr=0.01", 1), "incomplete"]
+    assert t.loc[("lr=0.05", 1), ["status", "finished", "incomplete"]].tolist() == ["ERROR", False, True]
+    assert math.isnan(t.loc[("lr=0.05", 1), "test_acc"])  # crashed before its test evaluation
+
+    s = analysis.summary(df).set_index("configuration")
+    assert s.loc["lr=0.05", ["n_seeds", "n_trials"]].tolist() == [1, 2]  # the crashed seed is left out
+    assert s.loc["lr=0.05", "val_acc_mean"] == pytest.approx(final_acc(1, 0))
+    assert "stopped at 2/5 (ERROR)" in s.loc["lr=0.05", "missing"]
+    assert "epoch(s) 3 missing" in s.loc["lr=0.01", "missing"]
+    assert s.loc["lr=0.5", "diverged"] and not s.loc["lr=0.5", "incomplete"]
+
+
+# --- tables --------------------------------------------------------------------------------------
+
+def test_lr_tables_put_published_values_beside_ours(tmp_path):
+    write_study(tmp_path, "lr", {"lr": [0.05, 0.5, 0.1]}, seeds=(0, 1), diverge={(1, 1): 3})
+    s = analysis.summary(analysis.load(tmp_path / "lr"))
+    t1, t2 = study_tables(s, "lr")
+    assert (t1.name, t2.name) == ("Table 1", "Table 2")
+    f1 = t1.frame.set_index("configuration")
+    # the report's row order, then ours it does not have; lr=0.01 was not run here
+    assert list(f1.index) == ["lr=0.01", "lr=0.05", "lr=0.5", "lr=0.1"]
+    assert f1.loc["lr=0.05", "val_acc_report"] == 0.4465
+    assert f1.loc["lr=0.05", "val_acc_diff"] == pytest.approx(f1.loc["lr=0.05", "val_acc"] - 0.4465)
+    assert math.isnan(f1.loc["lr=0.1", "val_acc_report"]) and f1.loc["lr=0.1", "status"] == "ok"
+    assert f1.loc["lr=0.01", "status"] == "not run" and f1.loc["lr=0.01", "seeds"] == 0
+    assert f1.loc["lr=0.5", "status"].startswith("diverged (1/2")
+
+    f2 = t2.frame.set_index("configuration")
+    assert f2.loc["lr=0.05", "test_loss_report"] == 0.0032 and math.isnan(f2.loc["lr=0.05", "test_loss_diff"])
+    md = table_markdown(t2)
+    assert "not comparable" in md and "17 x (mean cross-entropy of the last 16 test images) / 10000" in md
+    assert "0.0032 (a)" in md
+    assert "trained for 4 epoch(s); the report trained for 15" in md
+
+
+def test_every_published_table_has_its_rows_and_columns():
+    numbers = [t.number for t in TABLES]
+    assert numbers == list(range(1, 10))
+    for t in TABLES:
+        assert all(len(v) == len(t.metrics) for v in t.rows.values())
+    assert dict(zip(TABLES[7].metrics, TABLES[7].rows[0.2]))["train_acc"] == 0.4841
+
+
+def test_mixup_and_weight_decay_tables_match_rows_by_value(tmp_path):
+    write_study(tmp_path, "mixup", {"mixup_alpha": [0.0, 0.2]})
+    write_study(tmp_path, "wd", {"weight_decay": [5e-4, 1e-4]})
+    s = analysis.summary(analysis.load(tmp_path))
+    t8, t9 = study_tables(s[s["experiment"] == "mixup"], "mixup")
+    assert t8.frame.set_index("configuration").loc["mixup_alpha=off", "train_acc_report"] == 0.9995
+    assert "lambda-weighted" in table_markdown(t8)
+    t5, t6, t7 = study_tables(s[s["experiment"] == "wd"], "wd")
+    assert t7.frame.set_index("configuration").loc["weight_decay=0.0001", "test_acc_report"] == 0.6325
+    assert list(t5.frame.columns[:3]) == ["configuration", "seeds", "status"]
