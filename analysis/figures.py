@@ -138,8 +138,9 @@ def _band_title(n: int) -> str:
 def _diverged_note(df: pd.DataFrame) -> str:
     if not df["diverged"].any():
         return ""
-    first = int(df.loc[df["diverged"], "epoch"].min())
-    return f"  [diverged at epoch {first}: loss not finite]"
+    hits = df[df["diverged"]].groupby("trial_id")["epoch"].min()
+    return (f"\n[{len(hits)} of {df['trial_id'].nunique()} trial(s) diverged (loss not finite), first at epoch "
+            f"{int(hits.min())}; later epochs average the trials still running]")
 
 
 def _colors(n: int) -> list:

@@ -108,7 +108,7 @@ def _table_blocks(table: Table, experiment: str, out: Path) -> list[Block]:
 
 def _figures(experiment: str, study: str, df: pd.DataFrame, meta: dict, out: Path) -> list[Block]:
     name = STUDY_TITLES.get(study, study)
-    made = [(figures.study_overlay(df, f"{name} (`{experiment}`): all configurations"),
+    made = [(figures.study_overlay(df, f"{name} ({experiment}): all configurations"),
              f"{experiment}_overlay", f"{name}: every configuration's curves")]
     for config, g in df.groupby("configuration", sort=False):
         n = g["trial_id"].nunique()
@@ -140,6 +140,8 @@ def _winner(study: str, t: pd.DataFrame, s: pd.DataFrame, metric: str, mode: str
     theirs = _published_winner(study, metric)
     if theirs:
         agree = "agrees" if theirs == c.winner.split(", ")[0] else "differs"
+        if c.verdict.startswith("tied"):
+            agree = "is a tie"
         blocks.append(Para(f"The report's winner was {theirs} (one seed); ours {agree}."))
     return blocks
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,7 +42,9 @@ class Welch:
 
 def welch(a, b, confidence: float = CONFIDENCE) -> Welch:
     """Two-sided Welch's t-test (unequal variances) of mean(a) == mean(b)."""
-    result = stats.ttest_ind(np.asarray(a, float), np.asarray(b, float), equal_var=False)
+    with warnings.catch_warnings():  # identical seeds trip scipy's precision warning; the NaN p says it
+        warnings.simplefilter("ignore", RuntimeWarning)
+        result = stats.ttest_ind(np.asarray(a, float), np.asarray(b, float), equal_var=False)
     ci = result.confidence_interval(confidence_level=confidence)
     return Welch(float(result.statistic), float(result.df), float(result.pvalue), float(ci.low), float(ci.high))
 
@@ -153,6 +156,9 @@ def compare_top_two(t: pd.DataFrame, summary_rows: pd.DataFrame, metric: str = "
     second = order.iloc[1]
     margin = float(top[f"{metric}_mean"] - second[f"{metric}_mean"])
     a, b = (_finished_values(t, row, metric) for row in (top, second))
+    if math.isclose(margin, 0.0, abs_tol=1e-12):
+        return Comparison(top["configuration"], second["configuration"], metric, margin, len(a), len(b), None,
+                          "tied: winner and runner-up have the same mean, so the pick between them is arbitrary")
     if min(len(a), len(b)) < 2:
         return Comparison(top["configuration"], second["configuration"], metric, margin, len(a), len(b), None,
                           "untested: fewer than two seeds per configuration, so the margin cannot be "

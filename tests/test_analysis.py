@@ -214,3 +214,9 @@ def test_mixup_and_weight_decay_tables_match_rows_by_value(tmp_path):
     t5, t6, t7 = study_tables(s[s["experiment"] == "wd"], "wd")
     assert t7.frame.set_index("configuration").loc["weight_decay=0.0001", "test_acc_report"] == 0.6325
     assert list(t5.frame.columns[:3]) == ["configuration", "seeds", "status"]
+
+
+def test_a_tie_is_called_a_tie_not_a_win():
+    tie = frame({"lr=0.01": [0.01, 0.01], "lr=0.02": [0.01, 0.01]})  # what a 2-epoch smoke run gives
+    c = analysis.compare_top_two(analysis.trials(tie), analysis.summary(tie))
+    assert c.margin == 0 and c.verdict.startswith("tied")

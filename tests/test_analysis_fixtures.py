@@ -27,8 +27,8 @@ def epoch_rows(config: dict, index: int, seed: int, epochs: int, diverge_at: int
         acc = final_acc(index, seed) * epoch / epochs
         diverged = diverge_at is not None and epoch >= diverge_at
         lr = config["lr"] * ((1 + math.cos(math.pi * (epoch - 1) / epochs)) / 2 if config["schedule"] == "cosine" else 1)
-        row = {"epoch": epoch, "lr": lr, "train_loss": math.nan if diverged else 4.0 - 0.5 * epoch,
-               "train_acc": acc + 0.05, "val_loss": math.nan if diverged else 4.2 - 0.4 * epoch,
+        row = {"epoch": epoch, "lr": lr, "train_loss": math.nan if diverged else 4.0 / epoch,
+               "train_acc": acc + 0.05, "val_loss": math.nan if diverged else 4.2 - 2.0 * epoch / epochs,
                "val_acc": 0.01 if diverged else acc, "diverged": diverged,
                "images_per_s": 1000.0, "epoch_s": 36.0, "timestamp": 1_700_000_000 + 40 * epoch}
         if epoch == epochs or diverged:

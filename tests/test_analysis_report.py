@@ -1,0 +1,159 @@
+"""analysis figures (inspected, not just saved) and the report command."""
+
+import json
+import subprocess
+import sys
+
+import matplotlib.image
+import numpy as np
+import pytest
+from matplotlib.collections import PolyCollection
+from scipy import stats
+
+import analysis
+from analysis import figures
+from analysis.files import write_atomic
+from analysis.report import main, write_report
+from test_analysis_fixtures import write_study
+
+
+@pytest.fixture
+def lr_two_seeds(tmp_path):
+    write_study(tmp_path, "lr", {"lr": [0.01, 0.05]}, seeds=(0, 1), epochs=4)
+    return analysis.load(tmp_path / "lr")
+
+
+def legend_labels(ax):
+    return [t.get_text() for t in ax.get_legend().get_texts()]
+
+
+def test_learning_curves_show_train_and_validation_loss_and_accuracy(lr_two_seeds):
+    one = lr_two_seeds[lr_two_seeds["configuration"] == "lr=0.05"]
+    fig = figures.learning_curves(one, "lr=0.05")
+    loss_ax, acc_ax = fig.axes
+    assert loss_ax.get_xlabel() == acc_ax.get_xlabel() == "epoch"
+    assert "loss" in loss_ax.get_ylabel() and "accuracy" in acc_ax.get_ylabel()
+    for ax, metric in ((loss_ax, "loss"), (acc_ax, "acc")):
+        assert legend_labels(ax) == ["train", "validation"]
+        assert ax.get_legend().get_title().get_text() == "mean of 2 seeds, band = +/- 1 std"
+        assert len([c for c in ax.collections if isinstance(c, PolyCollection)]) == 2  # one band per line
+        val = ax.get_lines()[1]
+        expected = one.groupby("epoch")[f"val_{metric}"].mean()
+        np.testing.assert_allclose(val.get_ydata(), expected.to_numpy())
+        assert list(val.get_xdata()) == [1, 2, 3, 4]
+
+
+def test_a_missing_epoch_is_a_gap_and_a_diverged_trial_is_named(tmp_path):
+    write_study(tmp_path, "lr", {"lr": [0.05, 0.5]}, epochs=4, drop={(0, 0): 2}, diverge={(1, 0): 3})
+    df = analysis.load(tmp_path / "lr")
+    gap = figures.learning_curves(df[df["configuration"] == "lr=0.05"], "gap")
+    assert np.isnan(gap.axes[0].get_lines()[0].get_ydata()[1])  # epoch 2 is absent, not interpolated
+    assert len([c for c in gap.axes[0].collections if isinstance(c, PolyCollection)]) == 0  # one seed: no band
+    bad = figures.learning_curves(df[df["configuration"] == "lr=0.5"], "bad")
+    assert "diverged (loss not finite), first at epoch 3" in bad.get_suptitle() and "diverged" not in gap.get_suptitle()
+
+
+def test_study_overlay_has_one_series_per_configuration_in_each_panel(lr_two_seeds):
+    fig = figures.study_overlay(lr_two_seeds, "lr")
+    assert len(fig.axes) == 4
+    assert [ax.get_title() for ax in fig.axes] == ["training loss", "validation loss", "training accuracy",
+                                                   "validation accuracy"]
+    for ax in fig.axes:
+        assert [line.get_label() for line in ax.get_lines()] == ["lr=0.01", "lr=0.05"]
+        assert ax.get_xlabel() == "epoch"
+    assert legend_labels(fig.axes[3]) == ["lr=0.01", "lr=0.05"]
+
+
+def test_lr_schedule_figure_plots_the_recorded_rates(tmp_path):
+    write_study(tmp_path, "lrs", {"schedule": ["constant", "cosine"]}, epochs=10)
+    df = analysis.load(tmp_path / "lrs")
+    fig = figures.lr_schedules(df)
+    ax = fig.axes[0]
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert set(lines) == {"constant (initial lr 0.05, 10 epochs)", "cosine (initial lr 0.05, 10 epochs)"}
+    cosine = lines["cosine (initial lr 0.05, 10 epochs)"].get_ydata()
+    np.testing.assert_allclose(cosine, 0.05 * (1 + np.cos(np.pi * np.arange(10) / 10)) / 2)
+    assert "learning rate" in ax.get_ylabel() and "epoch" in ax.get_xlabel()
+
+
+def test_beta_density_matches_scipy_and_marks_mixup_off():
+    fig = figures.beta_densities([0.2, 0.0, 0.2])
+    ax = fig.axes[0]
+    assert legend_labels(ax) == ["alpha = 0 (mixup off: lambda = 1)", "alpha = 0.2"]
+    curve = next(line for line in ax.get_lines() if line.get_label() == "alpha = 0.2")
+    x, y = curve.get_xdata(), curve.get_ydata()
+    np.testing.assert_allclose(y, stats.beta.pdf(x, 0.2, 0.2))
+    assert ax.get_xlabel().startswith("lambda") and ax.get_ylabel() == "probability density"
+
+
+def test_save_writes_a_readable_png_and_an_svg(tmp_path, lr_two_seeds):
+    png, svg = figures.save(figures.study_overlay(lr_two_seeds, "lr"), tmp_path / "figures" / "lr_overlay")
+    image = matplotlib.image.imread(png)
+    assert image.ndim == 3 and image.shape[0] > 300 and image.shape[1] > 300
+    assert svg.read_text().lstrip().startswith("<?xml") and "lr=0.05" in svg.read_text()
+    assert not [p for p in png.parent.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_write_atomic_keeps_the_old_file_when_the_write_fails(tmp_path, monkeypatch):
+    target = write_atomic(tmp_path / "report.md", "old")
+
+    def boom(*args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("analysis.files.os.replace", boom)
+    with pytest.raises(OSError):
+        write_atomic(target, "new")
+    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["report.md"]
+
+
+def test_report_follows_the_studies_and_ends_with_the_chain_and_cost(tmp_path):
+    root = tmp_path / "results"
+    write_study(root, "lr", {"lr": [0.01, 0.05]}, seeds=(0, 1), epochs=3, diverge={(0, 1): 2}, drop={(1, 0): 2})
+    write_study(root / "all", "mixup", {"mixup_alpha": [0.0, 0.2]}, epochs=3, chain="all",
+                carried={"lr": 0.05, "schedule": "cosine", "weight_decay": 0.0005})
+    (root / "all" / "chain.json").write_text(json.dumps({
+        "order": ["lr", "lrs", "wd", "mixup"],
+        "carried": {"lr": {}, "lrs": {"lr": 0.05}, "wd": {"lr": 0.05, "schedule": "cosine"},
+                    "mixup": {"lr": 0.05, "schedule": "cosine", "weight_decay": 0.0005}},
+        "winners": {"mixup": {"mixup_alpha": 0.2}}}))
+    paths = write_report(root, log=lambda msg: None)
+    out = root / "report"
+    md = paths["markdown"].read_text()
+    assert paths["markdown"] == out / "report.md"
+
+    sections = [line for line in md.splitlines() if line.startswith("## ")]
+    assert sections == ["## 1. Learning rate (`lr`)", "## 2. Mixup (`all/mixup`)",
+                        "## Carried-forward chain (`all`)", "## Cost"]
+    for needle in ("Table 1.", "Table 2.", "Table 8.", "Table 9.", "not comparable", "**What varied:** `lr` in {0.01, 0.05}",
+                   "diverged in 1/2 seed(s)", "incomplete: seed 0: epoch(s) 2 missing", "Welch's t-test",
+                   "untested: fewer than two seeds", "GPU-hours", "| all/mixup | 2 | 6 |",
+                   "**Carried from the previous study:** lr=0.05, schedule=cosine, weight_decay=0.0005",
+                   "| mixup | lr=0.05, schedule=cosine, weight_decay=0.0005 | mixup_alpha=0.2"):
+        assert needle in md, needle
+    # the diverged seed sinks lr=0.01, whatever its mean
+    assert "**lr=0.05** has the best final-epoch `val_acc`" in md
+
+    figs = {p.name for p in (out / "figures").iterdir()}
+    assert {"lr_overlay.png", "lr_overlay.svg", "lr_lr=0.01_curves.png", "lr_lr=0.05_curves.svg",
+            "all-mixup_beta.png", "all-mixup_overlay.png"} <= figs
+    for image in [line for line in md.splitlines() if line.startswith("![")]:
+        assert (out / image.split("](")[1].rstrip(")")).is_file()
+    tables = {p.name for p in (out / "tables").iterdir()}
+    assert {"lr_table1.csv", "lr_table1.md", "lr_table2.csv", "all-mixup_table8.csv", "summary.csv",
+            "trials.csv"} <= tables
+
+    html = paths["html"].read_text()
+    assert html.count("data:image/png;base64,") == md.count("![") and 'src="figures/' not in html
+    assert "<table>" in html and "<h2>Cost</h2>" in html
+    assert not [p for p in out.rglob("*.tmp")]
+
+
+def test_report_cli_bad_path_is_one_line_on_stderr_and_exit_2(tmp_path, capsys):
+    assert main([str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
+
+    proc = subprocess.run([sys.executable, "-m", "analysis.report", str(tmp_path)], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: ") and "is not an experiment" in proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1
