@@ -54,8 +54,8 @@ def trials(df: pd.DataFrame) -> pd.DataFrame:
     if "experiment" not in df:
         df = df.assign(experiment=df["study"])
     if "configuration" not in df:
-        df = df.assign(configuration=df.groupby("experiment", group_keys=False)
-                       .apply(lambda g: configuration_labels(g), include_groups=False))
+        # a hand-built frame: label by whatever identity field varies within each experiment
+        df = df.assign(configuration=pd.concat(configuration_labels(g) for _, g in df.groupby("experiment")))
     rows = [_trial_row(group.sort_values("epoch")) for _, group in df.groupby(["experiment", "trial_id"], sort=False)]
     return pd.DataFrame(rows)
 

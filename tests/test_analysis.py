@@ -220,3 +220,9 @@ def test_a_tie_is_called_a_tie_not_a_win():
     tie = frame({"lr=0.01": [0.01, 0.01], "lr=0.02": [0.01, 0.01]})  # what a 2-epoch smoke run gives
     c = analysis.compare_top_two(analysis.trials(tie), analysis.summary(tie))
     assert c.margin == 0 and c.verdict.startswith("tied")
+
+
+def test_summary_of_a_bare_frame_labels_configurations_by_what_varies():
+    bare = frame({"a": [0.1, 0.2], "b": [0.3, 0.4]}).drop(columns=["configuration", "experiment"])
+    s = analysis.summary(bare)
+    assert s["configuration"].tolist() == ["lr=0.01", "lr=0.02"] and s["n_seeds"].tolist() == [2, 2]
