@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 from matplotlib import colormaps
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from scipy import stats
 
 from analysis.files import write_atomic
@@ -43,9 +44,7 @@ def learning_curves(df: pd.DataFrame, title: str) -> Figure:
         for split, name, color in (("train", "train", "tab:blue"), ("val", "validation", "tab:orange")):
             label = name + (" (mixup: mixed images, lambda-weighted)" if split == "train" and mixup else "")
             _line(ax, seed_band(df, f"{split}_{kind}"), label, color, n)
-        ax.set_xlabel(EPOCH_LABEL)
-        ax.set_ylabel(ylabel)
-        ax.grid(alpha=0.3)
+        _finish(ax, ylabel)
         ax.legend(title=_band_title(n), fontsize="small")
     loss_ax.set_title("loss")
     acc_ax.set_title("accuracy")
@@ -64,9 +63,7 @@ def study_overlay(df: pd.DataFrame, title: str) -> Figure:
             mine = df[df["configuration"] == config]
             _line(ax, seed_band(mine, metric), config, color, mine["trial_id"].nunique())
         ax.set_title(panel_title)
-        ax.set_xlabel(EPOCH_LABEL)
-        ax.set_ylabel(ylabel)
-        ax.grid(alpha=0.3)
+        _finish(ax, ylabel)
     n = df.groupby("configuration")["trial_id"].nunique().max()
     axes[3].legend(title=_band_title(n), fontsize="small")
     fig.suptitle(title + _diverged_note(df))
@@ -125,10 +122,24 @@ def save(fig: Figure, stem: Path) -> list[Path]:
 
 
 def _line(ax, band: pd.DataFrame, label: str, color, n: int) -> None:
-    ax.plot(band.index, band["mean"], color=color, label=label)
+    few = len(band) <= 20  # with a handful of epochs, show each recorded point
+    ax.plot(band.index, band["mean"], color=color, label=label, marker="o" if few else None, markersize=3)
     if n > 1:
-        ax.fill_between(band.index, band["mean"] - band["std"], band["mean"] + band["std"],
-                        color=color, alpha=0.2, linewidth=0)
+        # losses and accuracies are never negative; a +/- 1 std band should not suggest they are
+        low = (band["mean"] - band["std"]).clip(lower=0)
+        ax.fill_between(band.index, low, band["mean"] + band["std"], color=color, alpha=0.2, linewidth=0)
+
+
+def _finish(ax, ylabel: str) -> None:
+    ax.set_xlabel(EPOCH_LABEL)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    values = np.concatenate([line.get_ydata() for line in ax.get_lines()]).astype(float)
+    values = values[np.isfinite(values) & (values > 0)]
+    if ylabel == LOSS_LABEL and len(values) and values.max() / values.min() > 100:
+        ax.set_yscale("log")  # an exploding run would flatten every other curve on a linear axis
+        ylabel += ", log scale"
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
 
 
 def _band_title(n: int) -> str:

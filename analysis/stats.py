@@ -110,7 +110,11 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
             row[f"{m}_mean"], row[f"{m}_std"], row[f"{m}_ci_low"], row[f"{m}_ci_high"] = mean_ci(used[m])
         row.update(wall_s=g["wall_s"].sum(), gpu_hours=g["gpu_hours"].sum(), cpu_hours=g["cpu_hours"].sum())
         rows.append(row)
-    return pd.DataFrame(rows)
+    out = pd.DataFrame(rows)
+    # experiments in load order, configurations by value: ties in ranked() then go to the smaller
+    # value, as the runner's own winner pick does
+    out["_order"] = pd.factorize(out["experiment"])[0]
+    return out.sort_values(["_order", *config_cols], kind="stable", ignore_index=True).drop(columns="_order")
 
 
 def _missing_note(incomplete: pd.DataFrame) -> str:

@@ -157,3 +157,13 @@ def test_report_cli_bad_path_is_one_line_on_stderr_and_exit_2(tmp_path, capsys):
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: ") and "is not an experiment" in proc.stderr
     assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1
+
+
+def test_an_exploding_loss_switches_that_panel_to_a_log_scale(lr_two_seeds):
+    exploded = lr_two_seeds.assign(val_loss=lr_two_seeds["val_loss"].where(
+        lr_two_seeds["configuration"] == "lr=0.01", 1e7))
+    fig = figures.study_overlay(exploded, "lr")
+    scales = {ax.get_title(): ax.get_yscale() for ax in fig.axes}
+    assert scales == {"training loss": "linear", "validation loss": "log", "training accuracy": "linear",
+                      "validation accuracy": "linear"}
+    assert fig.axes[1].get_ylabel().endswith("log scale")
