@@ -1,0 +1,164 @@
+"""Studies through Ray Tune on this machine: smoke runs, packing, several nodes, job submission, resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import free_port, ray_cli, run_checked, run_cli
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _run_infos(experiment: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(experiment.glob("*/run_info.json"))]
+
+
+def test_smoke_chain_runs_every_trial_and_writes_every_epoch(smoke_all):
+    storage, code, out = smoke_all
+    assert code == 0, out
+    for name, n_trials in [("lr", 3), ("lrs", 2), ("wd", 2), ("mixup", 2)]:
+        df = pd.read_parquet(storage / "all" / name / "results.parquet")
+        assert df["trial_id"].nunique() == n_trials
+        assert set(df["status"]) == {"TERMINATED"}
+        assert sorted(df.groupby("trial_id")["epoch"].apply(list).tolist()) == [[1, 2]] * n_trials
+        last = df[df["epoch"] == 2]
+        assert last["test_acc"].notna().all() and df.loc[df["epoch"] == 1, "test_acc"].isna().all()
+        assert {"config/lr", "config/schedule", "config/weight_decay", "config/mixup_alpha", "seed",
+                "train_loss", "val_acc", "images_per_s"} <= set(df.columns)
+        info = _run_infos(storage / "all" / name)
+        assert len(info) == n_trials
+        assert all(i["study"] == name and i["versions"]["torch"] and "git_revision" in i for i in info)
+    assert "winner (val_acc, max): lr=" in out and "== mixup" in out
+
+
+def test_chain_carries_the_earlier_winners(smoke_all):
+    storage, _, _ = smoke_all
+    chain = json.loads((storage / "all" / "chain.json").read_text())
+    won = chain["winners"]
+    assert chain["carried"]["lrs"] == won["lr"]
+    assert chain["carried"]["mixup"] == {**won["lr"], **won["lrs"], **won["wd"]}
+    mixup = pd.read_parquet(storage / "all" / "mixup" / "results.parquet")
+    assert set(mixup["config/lr"]) == {won["lr"]["lr"]}
+    assert set(mixup["config/schedule"]) == {won["lrs"]["schedule"]}
+    assert set(mixup["config/weight_decay"]) == {won["wd"]["weight_decay"]}
+    assert json.loads((storage / "all" / "mixup" / "study.json").read_text())["carried"] == chain["carried"]["mixup"]
+
+
+def test_fractional_gpus_pack_four_trials_at_once(smoke_packed):
+    storage, code, out = smoke_packed
+    assert code == 0, out
+    experiment = storage / "lrs"
+    infos = _run_infos(experiment)
+    assert len(infos) == 4
+    assert all(i["resources"]["gpu"] == 0.25 and i["gpu_ids"] == ["0"] for i in infos)
+    assert all(i["cuda_visible_devices"] == "0" for i in infos)
+    df = pd.read_parquet(experiment / "results.parquet")
+    ends = df.groupby("trial_id")["timestamp"].max()
+    starts = {i["trial_id"]: i["start_time"] for i in infos}
+    assert max(starts.values()) < min(ends.values)  # every trial had started before any finished
+    assert sorted(df.groupby("config/schedule")["seed"].nunique().tolist()) == [2, 2]
+
+
+def test_bad_option_values_exit_2_with_one_line(ray_session, tmp_path, capsys):
+    for argv, needle in [
+        (["nope"], "unknown study 'nope'"),
+        (["lr", "--seeds", "0"], "--seeds must be >= 1"),
+        (["lr", "--epochs", "0"], "--epochs must be >= 1"),
+        (["lr", "--gpus-per-trial", "1.5"], "--gpus-per-trial must be a fraction"),
+        (["lr", "--resume", "--smoke"], "nothing to resume"),
+    ]:
+        code, _ = run_cli(*argv, "--storage-path", tmp_path / "r")
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and err[-1].startswith("error: ") and needle in err[-1], (argv, err)
+    assert not (tmp_path / "r" / "lr").exists()
+
+
+def test_existing_experiment_is_never_overwritten(smoke_all, capsys):
+    storage, _, _ = smoke_all
+    before = (storage / "all" / "lr" / "results.parquet").read_bytes()
+    code, _ = run_cli("all", "--smoke", "--storage-path", storage)
+    assert code == 2 and "already holds" in capsys.readouterr().err
+    code, _ = run_cli("lr", "--smoke", "--seeds", "2", "--resume", "--storage-path", storage / "all")
+    assert code == 2 and "holds a different experiment" in capsys.readouterr().err
+    assert (storage / "all" / "lr" / "results.parquet").read_bytes() == before
+
+
+def test_two_node_cluster_runs_trials_on_both(tmp_path, isolated_ray):
+    script = textwrap.dedent(f"""
+        import json, sys
+        from pathlib import Path
+        import ray
+        from ray.cluster_utils import Cluster
+        cluster = Cluster(initialize_head=True, head_node_args={{"num_cpus": 1}})
+        cluster.add_node(num_cpus=1)
+        ray.init(address=cluster.address)
+        from tune_cifar.run import main
+        code = main(["lr", "--smoke", "--storage-path", "{tmp_path}", "--gpus-per-trial", "0"])
+        nodes = {{json.loads(p.read_text())["node_id"] for p in Path("{tmp_path}", "lr").glob("*/run_info.json")}}
+        print("NODES", len(nodes), "CODE", code)
+        ray.shutdown(); cluster.shutdown()
+    """)
+    proc = run_checked([sys.executable, "-c", script], timeout=300, env=isolated_ray.env)
+    assert "NODES 2 CODE 0" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
+
+
+def test_ray_job_submit_runs_a_smoke_study(tmp_path, isolated_ray):
+    ray = ray_cli()
+    port, dash = free_port(), free_port()
+    env = isolated_ray.env
+    # Every port of our own: a Ray already on this machine holds the default agent ports, and then
+    # this head's job agent never comes up ("No available agent to submit job").
+    run_checked([ray, "start", "--head", f"--port={port}", f"--dashboard-port={dash}", "--num-cpus=2",
+                 f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+                 f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}",
+                 "--include-dashboard=true", "--disable-usage-stats"], env=env, timeout=120)
+    submit = [ray, "job", "submit", f"--address=http://127.0.0.1:{dash}", f"--working-dir={REPO}", "--",
+              "python", "-m", "tune_cifar.run", "lr", "--smoke", "--storage-path", str(tmp_path)]
+    for _ in range(60):  # the head's job agent comes up a few seconds after `ray start` returns
+        proc = subprocess.run(submit, capture_output=True, text=True, timeout=600, env=env)
+        if "No available agent to submit job" not in proc.stderr + proc.stdout:
+            break
+        time.sleep(2)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "winner (val_acc, max)" in proc.stdout
+    assert pd.read_parquet(tmp_path / "lr" / "results.parquet")["trial_id"].nunique() == 3
+
+
+def test_resume_after_the_driver_is_killed(tmp_path, isolated_ray):
+    cmd = [sys.executable, "-m", "tune_cifar.run", "lr", "--smoke", "--epochs", "3", "--max-concurrent", "1",
+           "--gpus-per-trial", "0", "--storage-path", str(tmp_path)]
+    driver = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=isolated_ray.env)
+    experiment = tmp_path / "lr"
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline and driver.poll() is None:
+            done = [p for p in experiment.glob("*/result.json") if '"epoch": 3' in p.read_text()]
+            if done:
+                break
+            time.sleep(0.5)
+        assert done, "no trial finished before the deadline"
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait()
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    finished_before = {p.parent.name: p.read_text() for p in done}
+    assert not (experiment / "results.parquet").exists()
+
+    proc = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=600, env=isolated_ray.env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    df = pd.read_parquet(experiment / "results.parquet")
+    assert df["trial_id"].nunique() == 3 and set(df["status"]) == {"TERMINATED"}
+    assert df.groupby("trial_id")["epoch"].apply(sorted).tolist() == [[1, 2, 3]] * 3
+    for name, text in finished_before.items():  # the finished trial was not run again
+        assert (experiment / name / "result.json").read_text() == text
+        assert len(json.loads((experiment / name / "run_info.json").read_text())["starts"]) == 1

@@ -1,0 +1,69 @@
+import sys
+
+import pandas as pd
+import pytest
+
+import search_spaces
+from tune_cifar.experiment import RunOptions, final_table, param_space, winner
+from tune_cifar.studies import StudyError, Study, available_studies, load_study
+
+
+def test_the_reports_four_studies_and_the_chain():
+    assert {"lr", "lrs", "wd", "mixup", "all"} <= set(available_studies())
+    lr, lrs, wd, mixup = (load_study(n) for n in ("lr", "lrs", "wd", "mixup"))
+    assert lr.space == {"lr": [0.01, 0.05, 0.5]}
+    assert (lr.base["schedule"], lr.base["weight_decay"], lr.base["mixup_alpha"], lr.base["epochs"]) == ("constant", 0, 0, 15)
+    assert lrs.space == {"schedule": ["cosine", "constant"]} and lrs.base["lr"] == 0.05 and lrs.base["epochs"] == 300
+    assert wd.space == {"weight_decay": [5e-4, 1e-4]} and wd.base["schedule"] == "cosine"
+    assert mixup.space == {"mixup_alpha": [0.2, 0.0]} and mixup.base["weight_decay"] == 5e-4
+    assert all(s.metric == "val_acc" and s.mode == "max" for s in (lr, lrs, wd, mixup))
+    assert load_study("all").chain == ("lr", "lrs", "wd", "mixup")
+
+
+def test_unknown_study_lists_the_available_ones():
+    with pytest.raises(StudyError, match="unknown study 'lrx'; available: all, lr, lrs"):
+        load_study("lrx")
+
+
+def test_adding_a_study_is_adding_a_file(tmp_path, monkeypatch):
+    (tmp_path / "momentum.py").write_text(
+        'DESCRIPTION = "momentum"\nBASE = dict(epochs=3)\nSPACE = {"momentum": [0.8, 0.95]}\n')
+    (tmp_path / "broken.py").write_text('SPACE = {"lr": [0.1, -1]}\n')
+    monkeypatch.setattr(search_spaces, "__path__", [*search_spaces.__path__, str(tmp_path)])
+    monkeypatch.delitem(sys.modules, "search_spaces.momentum", raising=False)
+    study = load_study("momentum")
+    assert [c.momentum for c in study.configs()] == [0.8, 0.95]
+    assert all(c.epochs == 3 for c in study.configs())
+    with pytest.raises(StudyError, match=r"broken.py: invalid lr=-1.0"):
+        load_study("broken")
+
+
+def test_carried_values_replace_the_base_but_not_the_space():
+    wd = load_study("wd")
+    configs = wd.configs(carried={"lr": 0.01, "schedule": "constant", "weight_decay": 0.0})
+    assert {(c.lr, c.schedule) for c in configs} == {(0.01, "constant")}
+    assert [c.weight_decay for c in configs] == [5e-4, 1e-4]
+
+
+def test_param_space_grids_the_space_and_seeds():
+    space = param_space(load_study("lr"), RunOptions(seeds=3, epochs=2, data_dir="/d"), carried={})
+    assert space["lr"] == {"grid_search": [0.01, 0.05, 0.5]}
+    assert space["seed"] == {"grid_search": [0, 1, 2]}
+    assert space["epochs"] == 2 and space["data_dir"] == "/d" and space["schedule"] == "constant"
+
+
+def _final_rows(rows):
+    return pd.DataFrame([
+        {"trial_id": t, "seed": s, "epoch": 2, "config/lr": lr, "diverged": d, "val_acc": v, "train_loss": 1.0,
+         "train_acc": 0.5, "val_loss": 1.0, "test_loss": 1.0, "test_acc": 0.5}
+        for t, s, lr, d, v in rows])
+
+
+def test_winner_is_best_mean_over_seeds_and_never_diverged():
+    df = _final_rows([("a", 0, 0.01, False, 0.40), ("b", 1, 0.01, False, 0.44),
+                      ("c", 0, 0.05, False, 0.45), ("d", 1, 0.05, False, 0.41),
+                      ("e", 0, 0.5, True, 0.90)])
+    study = load_study("lr")
+    table = final_table(df, study)
+    assert table.set_index("lr")["seeds"].to_dict() == {0.01: 2, 0.05: 2, 0.5: 1}
+    assert winner(df, study) == {"lr": 0.05}  # mean 0.43 beats 0.42; the diverged 0.90 never wins
