@@ -162,3 +162,25 @@ def test_resume_after_the_driver_is_killed(tmp_path, isolated_ray):
     for name, text in finished_before.items():  # the finished trial was not run again
         assert (experiment / name / "result.json").read_text() == text
         assert len(json.loads((experiment / name / "run_info.json").read_text())["starts"]) == 1
+
+
+def _ray_up_prerequisites() -> str | None:
+    import shutil
+    import socket
+
+    if os.geteuid() != 0:
+        return "needs root (it starts an sshd on port 22)"
+    if not Path("/usr/sbin/sshd").exists() or shutil.which("rsync") is None:
+        return "needs sshd and rsync: apt-get install openssh-server rsync (.ci/run installs them)"
+    with socket.socket() as s:
+        if s.connect_ex(("127.0.0.1", 22)) == 0:
+            return "port 22 is taken; run tests/cluster/ray_up_submit.sh where it is free"
+    return None
+
+
+@pytest.mark.skipif(_ray_up_prerequisites() is not None, reason=str(_ray_up_prerequisites()))
+def test_ray_up_submit_down_on_localhost():
+    proc = subprocess.run(["bash", str(REPO / "tests" / "cluster" / "ray_up_submit.sh")], capture_output=True,
+                          text=True, timeout=900, env={**os.environ, "PYTHON": sys.executable})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "ray up / submit / down: OK" in proc.stdout
