@@ -96,9 +96,10 @@ def main(argv: list[str] | None = None) -> int:
         study = load_study(args.study)
         validate(args)
         if args.smoke:
-            smoke_dir = tempfile.mkdtemp(prefix="tune-cifar-smoke-")
-            write_synthetic(smoke_dir, SMOKE["train"], SMOKE["test"], seed=0)
-            data, data_dir = read_cifar100(smoke_dir), smoke_dir
+            # Generated, read into memory, then deleted: trials get the arrays through Ray's object store.
+            with tempfile.TemporaryDirectory(prefix="tune-cifar-smoke-") as smoke_dir:
+                write_synthetic(smoke_dir, SMOKE["train"], SMOKE["test"], seed=0)
+                data, data_dir = read_cifar100(smoke_dir), "<generated>"
         else:
             data, data_dir = load_cifar100(args.data_dir, args.download), str(Path(args.data_dir).absolute())
         _start_ray(args.address)
