@@ -129,7 +129,7 @@ def synthetic_images(labels: np.ndarray, seed: int) -> np.ndarray:
     grid = np.concatenate([grid, grid[..., ::-1]], axis=-1)  # mirrored: (C, 3, 4, 4)
     templates = grid.repeat(8, axis=2).repeat(8, axis=3)  # (C, 3, 32, 32)
     rng = np.random.default_rng(seed)
-    noise = rng.normal(0, 40, size=(len(labels), *IMAGE_SHAPE))
+    noise = rng.normal(0, 20, size=(len(labels), *IMAGE_SHAPE))
     return np.clip(templates[labels] + noise, 0, 255).astype(np.uint8)
 
 

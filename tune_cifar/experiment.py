@@ -35,6 +35,10 @@ class ExperimentError(RuntimeError):
     """The experiment folder cannot be used as asked (exists without --resume, nothing to resume...)."""
 
 
+class Interrupted(RuntimeError):
+    """Tune stopped before every trial ended (Ctrl-C, SIGTERM); the experiment can be resumed."""
+
+
 @dataclass(frozen=True)
 class RunOptions:
     storage_path: str = "./results"  # experiments go under <storage_path>/<study>
@@ -245,6 +249,9 @@ def run_study(study: Study, data: CifarData, opts: RunOptions, storage: str, car
     print(f"[{study.name}] {study.description}\n[{study.name}] {n_trials} trials, {resources['cpu']} CPU and "
           f"{resources['gpu']} GPU each, carried {carried or 'nothing'}; results in {path}", file=sys.stderr)
     grid = tuner.fit()
+    if grid.num_terminated + grid.num_errors < len(grid):
+        raise Interrupted(f"{grid.num_terminated + grid.num_errors} of {len(grid)} trials of {study.name!r} ended; "
+                          f"the rest are saved in {path}")
     df = results_frame(grid, study, resources)
     buf = io.BytesIO()
     df.to_parquet(buf, index=False)

@@ -20,9 +20,9 @@ if __name__ == "__main__" and not __package__:
     if (here.parent / "search_spaces").is_dir():
         sys.path.insert(0, str(here.parent))
 
-from tune_cifar.config import ConfigError  # noqa: E402
+from tune_cifar.config import ConfigError, TrainConfig  # noqa: E402
 from tune_cifar.data import DataError, load_cifar100, read_cifar100, write_synthetic  # noqa: E402
-from tune_cifar.experiment import ExperimentError, RunOptions, is_uri, run  # noqa: E402
+from tune_cifar.experiment import ExperimentError, Interrupted, RunOptions, is_uri, run  # noqa: E402
 from tune_cifar.studies import StudyError, available_studies, load_study  # noqa: E402
 
 SMOKE = dict(train=500, test=100, epochs=2)  # generated images; the real MobileNet, 2 epochs
@@ -48,6 +48,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-failures", type=int, default=2, help="retries of a crashed trial from its checkpoint (default 2)")
     p.add_argument("--checkpoint-every", type=int, default=1, help="epochs between checkpoints (default 1)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                   help="fix a TrainConfig field for every trial, e.g. --set batch_size=256 (repeatable)")
     return p.parse_args(argv)
 
 
@@ -69,6 +71,19 @@ def validate(args: argparse.Namespace) -> None:
             raise ConfigError(message)
     if not is_uri(args.storage_path):
         _check_writable(Path(args.storage_path))
+    overrides(args)  # names the field of a bad --set value
+
+
+def overrides(args: argparse.Namespace) -> dict[str, object]:
+    """--set FIELD=VALUE pairs, typed and validated by TrainConfig."""
+    pairs = {}
+    for item in args.overrides:
+        field, sep, value = item.partition("=")
+        if not sep or not field.strip():
+            raise ConfigError(f"--set takes FIELD=VALUE, not {item!r}")
+        pairs[field.strip().replace("-", "_")] = value.strip()
+    typed = TrainConfig.from_dict(pairs)
+    return {k: getattr(typed, k) for k in pairs}
 
 
 def _check_writable(path: Path) -> None:
@@ -87,6 +102,7 @@ def options(args: argparse.Namespace, data_dir: str) -> RunOptions:
         seeds=args.seeds, gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial,
         max_concurrent=args.max_concurrent, max_failures=args.max_failures,
         checkpoint_every=args.checkpoint_every, resume=args.resume, device=args.device,
+        extra=tuple(overrides(args).items()),
     )
 
 
@@ -107,9 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, StudyError, ExperimentError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"interrupted; continue with: python -m tune_cifar.run {args.study} --resume "
-              f"--storage-path {args.storage_path}", file=sys.stderr)
+    except (Interrupted, KeyboardInterrupt) as e:
+        print(f"interrupted: {e or 'stopped'}; finish with: python -m tune_cifar.run {args.study} --resume "
+              f"--storage-path {args.storage_path} (and the same options)", file=sys.stderr)
         return 130
     return 0
 

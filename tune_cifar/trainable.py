@@ -97,6 +97,7 @@ def _write_run_info(trial_dir: Path, cfg: TrainConfig, options: TrialOptions, gp
         "gpu_ids": gpu_ids,
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
         "hostname": socket.gethostname(),
+        "pid": os.getpid(),
         "node_id": ray.get_runtime_context().get_node_id(),
         "start_time": starts[0] if starts else time.time(),
         "starts": starts + [time.time()],
