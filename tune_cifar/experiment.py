@@ -249,9 +249,9 @@ def run_study(study: Study, data: CifarData, opts: RunOptions, storage: str, car
     print(f"[{study.name}] {study.description}\n[{study.name}] {n_trials} trials, {resources['cpu']} CPU and "
           f"{resources['gpu']} GPU each, carried {carried or 'nothing'}; results in {path}", file=sys.stderr)
     grid = tuner.fit()
-    if grid.num_terminated + grid.num_errors < len(grid):
-        raise Interrupted(f"{grid.num_terminated + grid.num_errors} of {len(grid)} trials of {study.name!r} ended; "
-                          f"the rest are saved in {path}")
+    ended = grid.num_terminated + grid.num_errors
+    if ended < n_trials:  # Tune returns normally on Ctrl-C/SIGTERM, with trials left unstarted or paused
+        raise Interrupted(f"{ended} of {n_trials} trials of {study.name!r} ended; the rest are saved in {path}")
     df = results_frame(grid, study, resources)
     buf = io.BytesIO()
     df.to_parquet(buf, index=False)

@@ -1,0 +1,183 @@
+"""Faults provoked for real (SIGKILL, SIGINT, corrupt files, divergence) and bad input at the CLI."""
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import search_spaces
+from conftest import run_cli
+from tune_cifar.config import TrainConfig
+from tune_cifar.data import read_cifar100, write_synthetic
+from tune_cifar.run import SMOKE
+from tune_cifar.train import CheckpointMismatch, train
+
+pytestmark = pytest.mark.slow
+
+
+def _result_lines(path: Path) -> list[dict]:
+    try:
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, ValueError):
+        return []
+
+
+def test_killed_worker_resumes_from_checkpoint_with_the_metrics_of_an_uninterrupted_run(ray_session, tmp_path):
+    experiment = tmp_path / "lr"
+    killed = {}
+
+    def kill_first_worker_after_epoch_1():
+        deadline = time.time() + 300
+        while time.time() < deadline and not killed:
+            for result in experiment.glob("*/result.json"):
+                info = result.parent / "run_info.json"
+                if any(r.get("epoch") == 1 for r in _result_lines(result)) and info.exists():
+                    killed["trial"] = result.parent
+                    os.kill(json.loads(info.read_text())["pid"], signal.SIGKILL)
+                    return
+            time.sleep(0.2)
+
+    killer = threading.Thread(target=kill_first_worker_after_epoch_1)
+    killer.start()
+    code, out = run_cli("lr", "--smoke", "--epochs", "3", "--max-concurrent", "1", "--gpus-per-trial", "0",
+                        "--storage-path", tmp_path)
+    killer.join()
+    assert code == 0, out
+    assert killed, "no worker was killed"
+    trial = killed["trial"]
+    assert len(json.loads((trial / "run_info.json").read_text())["starts"]) == 2  # restarted once
+    df = pd.read_parquet(experiment / "results.parquet")
+    assert set(df["status"]) == {"TERMINATED"}
+    assert df.groupby("trial_id")["epoch"].apply(sorted).tolist() == [[1, 2, 3]] * 3
+    params = json.loads((trial / "params.json").read_text())
+    final = df[(df["config/lr"] == params["lr"]) & (df["epoch"] == 3)].iloc[0]
+
+    # The same configuration without interruption, on the same generated data and thread count.
+    write_synthetic(tmp_path / "data", SMOKE["train"], SMOKE["test"], seed=0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a trial with 1 CPU trains on 1 thread
+    try:
+        reference = train(TrainConfig.from_dict({**params, "device": "cpu"}), read_cifar100(tmp_path / "data"))
+    finally:
+        torch.set_num_threads(threads)
+    for key in ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc"):
+        assert final[key] == pytest.approx(reference[key], rel=1e-6, abs=1e-9), key
+
+
+def test_ctrl_c_leaves_an_experiment_that_resume_finishes_even_with_a_corrupt_checkpoint(tmp_path, isolated_ray):
+    cmd = [sys.executable, "-m", "tune_cifar.run", "lr", "--smoke", "--epochs", "6", "--max-concurrent", "1",
+           "--gpus-per-trial", "0", "--storage-path", str(tmp_path)]
+    experiment = tmp_path / "lr"
+    driver = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=isolated_ray.env)
+    deadline = time.time() + 300
+    while time.time() < deadline and driver.poll() is None:
+        if any(_result_lines(p) for p in experiment.glob("*/result.json")):
+            break
+        time.sleep(0.2)
+    driver.send_signal(signal.SIGINT)
+    _, err = driver.communicate(timeout=120)
+    assert driver.returncode == 130, err[-3000:]
+    assert "interrupted: " in err and "--resume" in err
+    assert not (experiment / "results.parquet").exists()
+
+    unfinished = [p.parent for p in experiment.glob("*/result.json")
+                  if not any(r.get("epoch") == 6 for r in _result_lines(p))]
+    assert unfinished
+    for state in (d for t in unfinished for d in t.glob("checkpoint_*/state.pt")):
+        state.write_bytes(state.read_bytes()[:100])  # truncated: unreadable
+
+    proc = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=600, env=isolated_ray.env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "checkpoint unreadable" in proc.stderr
+    df = pd.read_parquet(experiment / "results.parquet")
+    assert set(df["status"]) == {"TERMINATED"} and df["trial_id"].nunique() == 3
+    assert df.groupby("trial_id")["epoch"].apply(list).tolist() == [list(range(1, 7))] * 3
+
+
+def test_checkpoint_of_another_model_is_refused_by_name(tmp_path):
+    write_synthetic(tmp_path, 60, 10)
+    data = read_cifar100(tmp_path)
+    saved = {}
+    train(TrainConfig(model="resnet18", epochs=1, batch_size=32, device="cpu"), data,
+          lambda m, s: saved.update(s.state_dict()))
+    with pytest.raises(CheckpointMismatch, match="model: saved 'resnet18' vs 'mobilenet'"):
+        train(TrainConfig(epochs=2, batch_size=32, device="cpu"), data, resume_from=saved)
+    with pytest.raises(CheckpointMismatch, match="does not fit"):
+        train(TrainConfig(model="resnet18", epochs=2, batch_size=32, device="cpu"), data,
+              resume_from={**saved, "model": {"conv1.weight": torch.zeros(1)}})
+
+
+def test_a_diverging_trial_ends_as_diverged_and_the_study_goes_on(ray_session, tmp_path, monkeypatch):
+    (tmp_path / "spaces").mkdir()
+    (tmp_path / "spaces" / "hotlr.py").write_text(
+        'DESCRIPTION = "a sane lr and one that diverges"\nBASE = dict(epochs=3)\nSPACE = {"lr": [0.05, 1e12]}\n')
+    monkeypatch.setattr(search_spaces, "__path__", [*search_spaces.__path__, str(tmp_path / "spaces")])
+    code, out = run_cli("hotlr", "--smoke", "--epochs", "3", "--gpus-per-trial", "0", "--storage-path", tmp_path / "r")
+    assert code == 0, out
+    df = pd.read_parquet(tmp_path / "r" / "hotlr" / "results.parquet")
+    assert set(df["status"]) == {"TERMINATED"}
+    hot = df[df["config/lr"] == 1e12]
+    assert hot["diverged"].iloc[-1] and hot["epoch"].max() < 3  # stopped early, flagged
+    assert df[df["config/lr"] == 0.05]["epoch"].max() == 3  # the other trial went on
+    assert "winner (val_acc, max): lr=0.05" in out
+
+    from analysis.report import main as report_main
+
+    assert report_main([str(tmp_path / "r"), "--out", str(tmp_path / "report")]) == 0
+    assert "diverged" in (tmp_path / "report" / "report.md").read_text()
+
+
+def _bad_data_dirs(root: Path) -> dict[str, tuple[Path, str]]:
+    empty = root / "empty"
+    empty.mkdir()
+    truncated = root / "truncated"
+    write_synthetic(truncated, 20, 5)
+    train_file = truncated / "cifar-100-python" / "train"
+    train_file.write_bytes(train_file.read_bytes()[:500])
+    shaped = root / "shaped"
+    write_synthetic(shaped, 20, 5)
+    with open(shaped / "cifar-100-python" / "test", "wb") as f:
+        pickle.dump({"data": np.zeros((5, 1024), np.uint8), "fine_labels": [0] * 5}, f)
+    return {"missing": (root / "nowhere", "no CIFAR-100 in"), "empty": (empty, "no CIFAR-100 in"),
+            "truncated": (truncated, "truncated"), "wrong shape": (shaped, "expected uint8 of shape (N, 3072)")}
+
+
+def test_bad_input_is_one_line_exit_2_and_overwrites_nothing(tmp_path):
+    storage = tmp_path / "results"
+    (storage / "lr").mkdir(parents=True)
+    (storage / "lr" / "keep.txt").write_text("precious")
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("x")
+    cases = [
+        (["lr", "--set", "lr=0"], "invalid lr=0.0: must be > 0"),
+        (["lr", "--set", "weight_decay=-1e-4"], "invalid weight_decay=-0.0001"),
+        (["lr", "--set", "mixup_alpha=-0.2"], "invalid mixup_alpha=-0.2"),
+        (["lr", "--set", "bogus=1"], "unknown config key(s) bogus"),
+        (["lr", "--seeds", "0"], "--seeds must be >= 1"),
+        (["lr", "--epochs", "0"], "--epochs must be >= 1"),
+        (["lr", "--gpus-per-trial", "2.5"], "--gpus-per-trial must be a fraction"),
+        (["nope"], "unknown study 'nope'"),
+        (["lr", "--storage-path", str(not_a_folder / "sub")], "is not writable"),
+    ]
+    for name, (folder, needle) in _bad_data_dirs(tmp_path).items():
+        cases.append((["lr", "--no-download", "--data-dir", str(folder)], needle))
+    for argv, needle in cases:
+        if "--storage-path" not in argv:
+            argv = [*argv, "--storage-path", str(storage)]
+        proc = subprocess.run([sys.executable, "-m", "tune_cifar.run", *argv], capture_output=True, text=True,
+                              timeout=120, env={**os.environ, "RAY_ADDRESS": "127.0.0.1:1"})  # Ray never starts
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), (argv, proc.stderr)
+        assert needle in lines[0], (argv, lines)
+    assert (storage / "lr" / "keep.txt").read_text() == "precious"
+    assert sorted(p.name for p in (storage / "lr").iterdir()) == ["keep.txt"]
