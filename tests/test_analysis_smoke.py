@@ -1,0 +1,64 @@
+"""The analysis on real output: smoke studies run through Tune (all four chained, and lrs with 2 seeds)."""
+
+import shutil
+
+import pytest
+
+import analysis
+from analysis.report import main as report_main
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def results_root(smoke_all, smoke_packed, tmp_path_factory):
+    """One results root holding the chained four studies (1 seed) and `lrs` with 2 seeds, as a user's would."""
+    (all_storage, code_all, _), (packed_storage, code_packed, _) = smoke_all, smoke_packed
+    assert code_all == 0 and code_packed == 0
+    root = tmp_path_factory.mktemp("results")
+    shutil.copytree(all_storage / "all", root / "all")
+    shutil.copytree(packed_storage / "lrs", root / "lrs")  # copied like a folder brought back from a cluster
+    return root
+
+
+def test_load_reads_every_study_of_a_copied_results_root(results_root):
+    df = analysis.load(results_root)
+    assert set(df["experiment"]) == {"all/lr", "all/lrs", "all/wd", "all/mixup", "lrs"}
+    per_trial = df.groupby(["experiment", "trial_id"])["epoch"].apply(sorted)
+    assert all(epochs == [1, 2] for epochs in per_trial)
+    assert df.groupby("experiment")["trial_id"].nunique().to_dict() == {
+        "all/lr": 3, "all/lrs": 2, "all/wd": 2, "all/mixup": 2, "lrs": 4}
+    # Without the parquet files the trial folders give the same rows.
+    for parquet in results_root.rglob("results.parquet"):
+        parquet.rename(parquet.with_suffix(".bak"))
+    try:
+        again = analysis.load(results_root)
+    finally:
+        for bak in results_root.rglob("results.bak"):
+            bak.rename(bak.with_suffix(".parquet"))
+    key = ["experiment", "trial_id", "epoch"]
+    a, b = df.sort_values(key).reset_index(drop=True), again.sort_values(key).reset_index(drop=True)
+    assert a[key].equals(b[key])
+    assert (a["val_acc"] - b["val_acc"]).abs().max() < 1e-12
+
+
+def test_summary_counts_seeds_and_costs(results_root):
+    s = analysis.summary(analysis.load(results_root))
+    two_seeds = s[s["experiment"] == "lrs"]
+    assert sorted(two_seeds["n_seeds"]) == [2, 2]
+    assert (s.loc[s["experiment"] != "lrs", "n_seeds"] == 1).all()
+    assert (two_seeds["val_acc_ci_low"] <= two_seeds["val_acc_mean"]).all()
+    assert (s["wall_s"] > 0).all()
+
+
+def test_report_on_real_output(results_root, tmp_path):
+    assert report_main([str(results_root), "--out", str(tmp_path)]) == 0
+    md = (tmp_path / "report.md").read_text()
+    names = {p.name for p in (tmp_path / "tables").iterdir()}
+    for table in range(1, 10):  # the report's Tables 1-9, as Markdown and CSV
+        assert any(n.endswith(f"table{table}.md") for n in names), (table, sorted(names))
+        assert any(n.endswith(f"table{table}.csv") for n in names), table
+    assert "Welch" in md and "untested" in md  # 2 seeds are tested, 1 seed is not
+    assert "GPU-hours" in md or "GPU hours" in md
+    assert (tmp_path / "report.html").read_text().count("<img") >= 5
+    assert len(list((tmp_path / "figures").glob("*.png"))) >= 5
