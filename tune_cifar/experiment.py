@@ -227,9 +227,11 @@ def run_study(study: Study, data: CifarData, opts: RunOptions, storage: str, car
                              options=TrialOptions(study=study.name, checkpoint_every=opts.checkpoint_every)),
         resources,
     )
-    if opts.resume:
-        if not tune.Tuner.can_restore(path):
+    if opts.resume and not tune.Tuner.can_restore(path):
+        if is_uri(path) or any(p.is_dir() for p in Path(path).iterdir()):
             raise ExperimentError(f"nothing to resume at {path}: Tune saved no experiment state there")
+        opts = _replace(opts, resume=False)  # stopped between writing study.json and Tune's first save
+    if opts.resume:
         print(f"[{study.name}] resuming {path}", file=sys.stderr)
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
     else:
