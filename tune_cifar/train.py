@@ -87,7 +87,7 @@ class TrainState:
         self.cfg = cfg
         torch.manual_seed(cfg.seed)
         self.model = build_model(cfg.model).to(device)
-        if device.type == "cuda" and cfg.channels_last:
+        if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                          weight_decay=cfg.weight_decay)
@@ -136,15 +136,15 @@ def evaluate(model: torch.nn.Module, data: DeviceData, split: str, cfg: TrainCon
     count = 0
     with torch.no_grad(), autocast:
         for x, y in data.eval_batches(split, cfg.eval_batch_size):
-            logits = model(_layout(x, cfg, data.device)).float()
+            logits = model(_layout(x, cfg)).float()
             loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
             hits += (logits.argmax(1) == y).sum()
             count += len(y)
     return loss_sum.item() / count, hits.item() / count
 
 
-def _layout(x: torch.Tensor, cfg: TrainConfig, device: torch.device) -> torch.Tensor:
-    if device.type == "cuda" and cfg.channels_last:
+def _layout(x: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
+    if cfg.channels_last:  # MobileNet steps ~1.5x faster in NHWC on cpu too (python -m tune_cifar.bench)
         return x.contiguous(memory_format=torch.channels_last)
     return x
 
@@ -208,12 +208,12 @@ def _train_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, data:
     for step, (x, y) in enumerate(data.train_batches(plan, cfg.batch_size)):
         with autocast:
             if mix is None:
-                logits = model(_layout(x, cfg, data.device)).float()
+                logits = model(_layout(x, cfg)).float()
                 loss = F.cross_entropy(logits, y)
                 batch_hits = (logits.argmax(1) == y).sum()
             else:
                 lam, perm = lams[step], perms[step * cfg.batch_size : step * cfg.batch_size + len(y)]
-                logits = model(_layout(mixup(x, lam, perm), cfg, data.device)).float()
+                logits = model(_layout(mixup(x, lam, perm), cfg)).float()
                 loss, batch_hits = mixup_loss_and_hits(logits, y, y[perm], lam)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
