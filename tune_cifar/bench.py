@@ -380,56 +380,50 @@ def bench_pack(args: argparse.Namespace, device: torch.device) -> dict[str, Any]
 
 
 def bench_tune(args: argparse.Namespace, device: torch.device) -> dict[str, Any] | None:
+    """A study of short trials through the project's own runner (experiment.run_study: Tune, checkpoints,
+    results table) vs train() on the same configurations in this process. One trial at a time with every
+    core in both, so the difference is Tune's cost, not a gain from side-by-side trials (part 3)."""
     try:
         import ray
-        from ray import tune
     except ImportError:
         log("tune: Ray is not installed; part 4 skipped")
         return None
-    from tune_cifar.trainable import train_trial
+    from tune_cifar.experiment import RunOptions, run_study
+    from tune_cifar.studies import Study
 
     n_eval = max(1, args.tune_images // 4)
     x, y = bench_images(args.tune_images + n_eval, args.data_dir)
     data = CifarData(x, y, x[:n_eval], y[:n_eval], [str(i) for i in range(NUM_CLASSES)], source="bench")
-    lrs = [0.01 * (i + 1) for i in range(args.tune_trials)]
-    base = TrainConfig(device=device.type, epochs=args.tune_epochs, batch_size=args.batch_size,
-                       val_fraction=n_eval / (args.tune_images + n_eval), download=False)
-    log(f"tune: {len(lrs)} trials one after another in this process")
+    base = {"epochs": args.tune_epochs, "batch_size": args.batch_size,
+            "val_fraction": n_eval / (args.tune_images + n_eval), "device": device.type, "download": False}
+    study = Study("bench", "Tune overhead: short trials", base, {"lr": [0.01 * (i + 1) for i in range(args.tune_trials)]})
+    log(f"tune: {args.tune_trials} trials one after another in this process")
     t0 = time.perf_counter()
-    for lr in lrs:
-        train(base.replace(lr=lr), data)
+    for cfg in study.configs():
+        train(cfg, data)
     sequential_s = time.perf_counter() - t0
 
-    log("tune: the same trials through Ray Tune")
+    log("tune: the same trials through Ray Tune (tune_cifar.experiment.run_study)")
+    cores = len(os.sched_getaffinity(0))
     t0 = time.perf_counter()
-    ray.init(num_cpus=len(os.sched_getaffinity(0)), include_dashboard=False, log_to_driver=False,
-             configure_logging=False)
+    ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False, configure_logging=False)
     init_s = time.perf_counter() - t0
     try:
-        # One trial at a time with every core, as the sequential run: the difference is Tune's own cost,
-        # not a gain from running trials side by side (part 3 measures that).
-        cores = len(os.sched_getaffinity(0))
-        trainable = tune.with_resources(tune.with_parameters(train_trial, data=data),
-                                        {"cpu": cores, "gpu": 1 if device.type == "cuda" else 0})
-        space = {**base.to_dict(), "lr": tune.grid_search(lrs)}
-        with tempfile.TemporaryDirectory() as storage:
-            tuner = tune.Tuner(trainable, param_space=space,
-                               tune_config=tune.TuneConfig(metric="val_acc", mode="max"),
-                               run_config=tune.RunConfig(name="bench", storage_path=storage, verbose=0,
-                                                         checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
+        with tempfile.TemporaryDirectory() as storage, contextlib.redirect_stdout(sys.stderr):  # stdout: the table
+            opts = RunOptions(storage_path=storage, download=False, cpus_per_trial=cores, device=device.type,
+                              gpus_per_trial=1.0 if device.type == "cuda" else 0.0, max_failures=0)
             t0 = time.perf_counter()
-            with contextlib.redirect_stdout(sys.stderr):  # Tune's own progress box; stdout is the table's
-                grid = tuner.fit()
+            df = run_study(study, data, opts, storage)
             tune_s = time.perf_counter() - t0
-            errors = [r.error for r in grid if r.error]
     finally:
         ray.shutdown()
-    if errors:
-        raise RuntimeError(f"{len(errors)} Tune trial(s) failed in the benchmark: {errors[0]}")
-    results = len(lrs) * args.tune_epochs
-    return {"trials": len(lrs), "epochs": args.tune_epochs, "train_images": args.tune_images,
+    results = len(df)
+    if results != args.tune_trials * args.tune_epochs or (df["status"] != "TERMINATED").any():
+        raise RuntimeError(f"the benchmark's Tune study ended with {results} results of "
+                           f"{args.tune_trials * args.tune_epochs} expected, or with failed trials")
+    return {"trials": args.tune_trials, "epochs": args.tune_epochs, "train_images": args.tune_images,
             "sequential_s": sequential_s, "ray_init_s": init_s, "tune_fit_s": tune_s,
-            "overhead_s_per_trial": (tune_s - sequential_s) / len(lrs),
+            "overhead_s_per_trial": (tune_s - sequential_s) / args.tune_trials,
             "overhead_s_per_result": (tune_s - sequential_s) / results}
 
 
@@ -524,7 +518,7 @@ def format_table(r: dict[str, Any]) -> str:
             lines += [f"\n4. Tune overhead ({t['trials']} trials x {t['epochs']} epochs on {t['train_images']} images, "
                       f"one at a time with every core, in both)",
                       f"   one after another in one process   {t['sequential_s']:8.1f} s",
-                      f"   through Tune (Tuner.fit)            {t['tune_fit_s']:8.1f} s  (+ ray.init {t['ray_init_s']:.1f} s)",
+                      f"   through Tune (run_study)             {t['tune_fit_s']:8.1f} s  (+ ray.init {t['ray_init_s']:.1f} s)",
                       f"   overhead per trial {t['overhead_s_per_trial']:.2f} s, per reported result "
                       f"{t['overhead_s_per_result']:.2f} s"]
     if r.get("projection"):
