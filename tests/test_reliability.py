@@ -181,3 +181,40 @@ def test_bad_input_is_one_line_exit_2_and_overwrites_nothing(tmp_path):
         assert needle in lines[0], (argv, lines)
     assert (storage / "lr" / "keep.txt").read_text() == "precious"
     assert sorted(p.name for p in (storage / "lr").iterdir()) == ["keep.txt"]
+
+
+OOM_SCRIPT = """
+import resource, sys
+from tune_cifar.config import TrainConfig
+from tune_cifar.data import read_cifar100
+from tune_cifar.train import OutOfMemory, train
+data = read_cifar100(sys.argv[1])
+vm = int(next(l for l in open("/proc/self/status") if l.startswith("VmSize")).split()[1]) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (vm + 600 * 2**20, resource.RLIM_INFINITY))  # 600 MB more, no further
+try:
+    train(TrainConfig(model="resnet18", batch_size=512, epochs=1, device="cpu"), data)
+except OutOfMemory as e:
+    print("OOM:", e)
+"""
+
+
+def test_out_of_memory_names_memory_and_what_to_change(tmp_path):
+    write_synthetic(tmp_path, 640, 10)
+    proc = subprocess.run([sys.executable, "-c", OOM_SCRIPT, str(tmp_path)], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.stdout.startswith("OOM: out of cpu memory training resnet18 at batch_size=512"), proc.stderr[-2000:]
+    assert "--gpus-per-trial" in proc.stdout and "batch_size" in proc.stdout
+
+
+def test_a_failing_trial_does_not_stop_the_others(ray_session, tmp_path, monkeypatch):
+    (tmp_path / "spaces").mkdir()
+    (tmp_path / "spaces" / "somecuda.py").write_text(  # no CUDA here: the cuda trial fails at start
+        'DESCRIPTION = "cpu vs cuda"\nBASE = dict(epochs=2)\nSPACE = {"device": ["cpu", "cuda"]}\n')
+    monkeypatch.setattr(search_spaces, "__path__", [*search_spaces.__path__, str(tmp_path / "spaces")])
+    code, out = run_cli("somecuda", "--smoke", "--gpus-per-trial", "0", "--max-failures", "0",
+                        "--storage-path", tmp_path / "r")
+    assert code == 1, out
+    df = pd.read_parquet(tmp_path / "r" / "somecuda" / "results.parquet")
+    assert df.loc[df["config/device"] == "cpu", "epoch"].tolist() == [1, 2]
+    errored = [p for p in (tmp_path / "r" / "somecuda").glob("*/error.txt")]
+    assert len(errored) == 1 and "no CUDA device is visible" in errored[0].read_text()

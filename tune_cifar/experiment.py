@@ -258,9 +258,9 @@ def run_study(study: Study, data: CifarData, opts: RunOptions, storage: str, car
     buf = io.BytesIO()
     df.to_parquet(buf, index=False)
     write_text(join(path, "results.parquet"), buf.getvalue())
-    errors = [r for r in grid if r.error]
-    if errors:
-        print(f"[{study.name}] {len(errors)} trial(s) failed; see {path}; `--resume` retries them", file=sys.stderr)
+    df.attrs["failed_trials"] = grid.num_errors  # a trial that failed before its first epoch has no rows
+    if grid.num_errors:
+        print(f"[{study.name}] {grid.num_errors} trial(s) failed; see {path}; `--resume` retries them", file=sys.stderr)
     return df
 
 

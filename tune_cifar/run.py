@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             data, data_dir = load_cifar100(args.data_dir, args.download), str(Path(args.data_dir).absolute())
         _start_ray(args.address)
-        run(study, data, options(args, data_dir))
+        frames = run(study, data, options(args, data_dir))
     except (ConfigError, DataError, StudyError, ExperimentError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -127,6 +127,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"interrupted: {e or 'stopped'}; finish with: python -m tune_cifar.run {args.study} --resume "
               f"--storage-path {args.storage_path} (and the same options)", file=sys.stderr)
         return 130
+    failed = sum(df.attrs.get("failed_trials", 0) for df in frames.values())
+    if failed:
+        print(f"error: {failed} trial(s) failed (their errors are in the trial folders under {args.storage_path}); "
+              f"the others finished and are in results.parquet; --resume retries the failed ones", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -149,9 +149,35 @@ def _layout(x: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
     return x
 
 
+class OutOfMemory(MemoryError):
+    """The device ran out of memory; the message says which knobs give a trial more room."""
+
+
+def _is_oom(e: BaseException) -> bool:
+    text = str(e)
+    return isinstance(e, torch.OutOfMemoryError) or (
+        isinstance(e, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text))
+
+
 def train(cfg: TrainConfig, data: CifarData | DeviceData, on_epoch: EpochCallback | None = None,
           resume_from: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train `cfg` from scratch or from a saved TrainState dict; return the last epoch's metrics."""
+    try:
+        return _train(cfg, data, on_epoch, resume_from)
+    except (RuntimeError, MemoryError) as e:
+        if not _is_oom(e):
+            raise
+        in_use = (f", {torch.cuda.memory_reserved() / 2**30:.1f} GiB reserved by this process"
+                  if torch.cuda.is_available() and torch.cuda.is_initialized() else "")
+        raise OutOfMemory(
+            f"out of {cfg.device} memory training {cfg.model} at batch_size={cfg.batch_size}{in_use}: give each "
+            f"trial a larger share with --gpus-per-trial (fewer trials per GPU), lower --max-concurrent, or lower "
+            f"the batch size (--set batch_size=64). [{str(e).splitlines()[0][:200]}]"
+        ) from None
+
+
+def _train(cfg: TrainConfig, data: CifarData | DeviceData, on_epoch: EpochCallback | None,
+           resume_from: dict[str, Any] | None) -> dict[str, Any]:
     if isinstance(data, CifarData):
         data = DeviceData(data, cfg.val_fraction, cfg.split_seed, pick_device(cfg.device))
     device = data.device
@@ -243,7 +269,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"epoch {metrics['epoch']}/{cfg.epochs}  train_loss {metrics['train_loss']:.4f}  "
               f"val_acc {metrics['val_acc']:.4f}  {metrics['images_per_s']:.0f} img/s", file=sys.stderr)
 
-    final = train(cfg, data, report)
+    try:
+        final = train(cfg, data, report)
+    except OutOfMemory as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
     return 1 if final.get("diverged") else 0
 
 

@@ -58,11 +58,6 @@ def train_trial(config: dict[str, Any], data: CifarData, options: TrialOptions =
             raise
         print(f"[{options.study}] checkpoint ignored, starting over: {e}", file=sys.stderr)
         train(cfg, data, report, None)
-    except torch.OutOfMemoryError as e:
-        raise MemoryError(
-            f"{cfg.device} out of memory in trial (batch_size={cfg.batch_size}): give each trial a larger share "
-            f"with --gpus-per-trial (fewer trials per GPU) or lower --max-concurrent / the batch size. ({e})"
-        ) from None
 
 
 def _load_checkpoint(checkpoint: tune.Checkpoint | None) -> dict[str, Any] | None:
