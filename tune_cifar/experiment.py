@@ -239,11 +239,15 @@ def run_study(study: Study, data: CifarData, opts: RunOptions, storage: str, car
         tuner = tune.Tuner(
             trainable,
             param_space=param_space(study, opts, carried),
-            tune_config=tune.TuneConfig(metric=study.metric, mode=study.mode,
+            # Reusing trial actors saves ~4 s of process start-up per trial (python -m tune_cifar.bench, part 4).
+            tune_config=tune.TuneConfig(metric=study.metric, mode=study.mode, reuse_actors=True,
                                         max_concurrent_trials=opts.max_concurrent),
             run_config=tune.RunConfig(
                 name=study.name, storage_path=storage if is_uri(storage) else str(Path(storage).absolute()),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                # run_info.json is written in the trial's working folder; this copies it to storage
+                # (a reused actor's working folder is not the trial folder).
+                sync_config=tune.SyncConfig(sync_artifacts=True),
                 failure_config=tune.FailureConfig(max_failures=opts.max_failures),
             ),
         )
