@@ -184,3 +184,16 @@ def test_ray_up_submit_down_on_localhost():
                           text=True, timeout=900, env={**os.environ, "PYTHON": sys.executable})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "ray up / submit / down: OK" in proc.stdout
+
+
+def test_uri_storage_writes_results_and_is_never_overwritten(ray_session, tmp_path, capsys):
+    uri = f"file://{tmp_path}/remote"  # the same code path as s3:// and gs:// (pyarrow filesystems)
+    code, out = run_cli("lr", "--smoke", "--gpus-per-trial", "0", "--storage-path", uri)
+    assert code == 0, out
+    experiment = tmp_path / "remote" / "lr"
+    assert pd.read_parquet(experiment / "results.parquet")["trial_id"].nunique() == 3
+    assert len(_run_infos(experiment)) == 3
+    before = (experiment / "results.parquet").read_bytes()
+    code, _ = run_cli("lr", "--smoke", "--gpus-per-trial", "0", "--storage-path", uri)
+    assert code == 2 and "already holds the same study" in capsys.readouterr().err
+    assert (experiment / "results.parquet").read_bytes() == before

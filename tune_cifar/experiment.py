@@ -93,26 +93,37 @@ def study_record(study: Study, opts: RunOptions, carried: dict[str, Any], resour
             "resources": resources, "chain": chain}
 
 
-def check_experiment_folder(path: str, record: dict[str, Any], resume: bool) -> None:
-    """Refuse to overwrite an experiment, or to resume one that is not there. Local paths only."""
+def read_text(path: str) -> str | None:
+    """A small file's text, or None when it does not exist; local paths and URIs alike."""
     if is_uri(path):
-        return
-    folder = Path(path)
-    existing = folder / "study.json"
+        import pyarrow.fs as pafs
+
+        fs, inner = pafs.FileSystem.from_uri(path)
+        if fs.get_file_info(inner).type != pafs.FileType.File:
+            return None
+        with fs.open_input_stream(inner) as f:
+            return f.read().decode()
+    return Path(path).read_text() if Path(path).is_file() else None
+
+
+def check_experiment_folder(path: str, record: dict[str, Any], resume: bool) -> None:
+    """Refuse to overwrite an experiment, or to resume one that is not there."""
+    folder = path
+    existing = read_text(join(path, "study.json"))
     if resume:
-        if not existing.exists():
+        if existing is None:
             raise ExperimentError(f"nothing to resume at {folder}: no experiment there; drop --resume to start one")
-        saved = json.loads(existing.read_text())
+        saved = json.loads(existing)
         if _identity(saved) != _identity(record):
             raise ExperimentError(f"{folder} holds a different experiment ({_describe(saved)}); it cannot be "
                                   f"resumed as {_describe(record)}: pass the same options or another --storage-path")
         return
-    if existing.exists():
-        saved = json.loads(existing.read_text())
+    if existing is not None:
+        saved = json.loads(existing)
         what = "the same study" if _identity(saved) == _identity(record) else f"another experiment ({_describe(saved)})"
         raise ExperimentError(f"{folder} already holds {what}; pass --resume to continue it, or choose another "
                               f"--storage-path (nothing was overwritten)")
-    if folder.exists() and any(folder.iterdir()):
+    if not is_uri(path) and Path(path).exists() and any(Path(path).iterdir()):
         raise ExperimentError(f"{folder} exists and is not an experiment of ours; choose another --storage-path")
 
 
@@ -133,6 +144,7 @@ def write_text(path: str, text: str | bytes) -> None:
         import pyarrow.fs as pafs
 
         fs, inner = pafs.FileSystem.from_uri(path)
+        fs.create_dir(inner.rsplit("/", 1)[0], recursive=True)  # a no-op on object stores
         with fs.open_output_stream(inner) as f:
             f.write(data)
         return
@@ -284,7 +296,7 @@ def run(study: Study, data: CifarData, opts: RunOptions) -> dict[str, pd.DataFra
         sub = load_study(name)
         chain_log["carried"][name] = dict(carried)
         sub_opts = opts
-        if opts.resume and not is_uri(storage) and not Path(storage, name, "study.json").exists():
+        if opts.resume and read_text(join(storage, name, "study.json")) is None:
             sub_opts = _replace(opts, resume=False)  # the chain stopped before this study began
         df = run_study(sub, data, sub_opts, storage, carried, chain=study.name)
         _print_table(df, sub)
