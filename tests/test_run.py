@@ -188,12 +188,19 @@ def test_ray_up_submit_down_on_localhost():
 
 def test_uri_storage_writes_results_and_is_never_overwritten(ray_session, tmp_path, capsys):
     uri = f"file://{tmp_path}/remote"  # the same code path as s3:// and gs:// (pyarrow filesystems)
-    code, out = run_cli("lr", "--smoke", "--gpus-per-trial", "0", "--storage-path", uri)
+    code, out = run_cli("lr", "--smoke", "--storage-path", uri)  # no --gpus-per-trial: the default applies
     assert code == 0, out
     experiment = tmp_path / "remote" / "lr"
     assert pd.read_parquet(experiment / "results.parquet")["trial_id"].nunique() == 3
-    assert len(_run_infos(experiment)) == 3
+    infos = _run_infos(experiment)
+    assert len(infos) == 3
+    assert all(i["resources"]["gpu"] == 0.25 for i in infos)  # the session's Ray declares one GPU
     before = (experiment / "results.parquet").read_bytes()
     code, _ = run_cli("lr", "--smoke", "--gpus-per-trial", "0", "--storage-path", uri)
     assert code == 2 and "already holds the same study" in capsys.readouterr().err
+    assert (experiment / "results.parquet").read_bytes() == before
+    (experiment / "study.json").write_text('{"study": "lr", "spa')  # cut short
+    code, _ = run_cli("lr", "--smoke", "--resume", "--storage-path", uri)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and "study.json is unreadable" in err[-1]
     assert (experiment / "results.parquet").read_bytes() == before

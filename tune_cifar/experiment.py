@@ -110,21 +110,31 @@ def check_experiment_folder(path: str, record: dict[str, Any], resume: bool) -> 
     """Refuse to overwrite an experiment, or to resume one that is not there."""
     folder = path
     existing = read_text(join(path, "study.json"))
+    saved = _parse_record(existing, folder) if existing is not None else None
     if resume:
-        if existing is None:
+        if saved is None:
             raise ExperimentError(f"nothing to resume at {folder}: no experiment there; drop --resume to start one")
-        saved = json.loads(existing)
         if _identity(saved) != _identity(record):
             raise ExperimentError(f"{folder} holds a different experiment ({_describe(saved)}); it cannot be "
                                   f"resumed as {_describe(record)}: pass the same options or another --storage-path")
         return
-    if existing is not None:
-        saved = json.loads(existing)
+    if saved is not None:
         what = "the same study" if _identity(saved) == _identity(record) else f"another experiment ({_describe(saved)})"
         raise ExperimentError(f"{folder} already holds {what}; pass --resume to continue it, or choose another "
                               f"--storage-path (nothing was overwritten)")
     if not is_uri(path) and Path(path).exists() and any(Path(path).iterdir()):
         raise ExperimentError(f"{folder} exists and is not an experiment of ours; choose another --storage-path")
+
+
+def _parse_record(text: str, folder: str) -> dict[str, Any]:
+    try:
+        record = json.loads(text)
+    except ValueError:
+        record = None
+    if not isinstance(record, dict):
+        raise ExperimentError(f"{folder}/study.json is unreadable; this folder cannot be checked, so nothing was "
+                              f"written: repair or move it, or choose another --storage-path")
+    return record
 
 
 def _identity(record: dict[str, Any]) -> tuple:
@@ -212,9 +222,7 @@ def _plain(value: Any) -> Any:
 
 
 def format_table(table: pd.DataFrame) -> str:
-    buf = io.StringIO()
-    buf.write(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    return buf.getvalue()
+    return table.to_string(index=False, float_format=lambda v: f"{v:.4f}")
 
 
 def run_study(study: Study, data: CifarData, opts: RunOptions, storage: str, carried: dict[str, Any] | None = None,
