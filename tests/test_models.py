@@ -30,3 +30,9 @@ def test_every_model_runs_forward_and_backward(name):
 def test_unknown_model_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown model 'vgg'"):
         build_model("vgg")
+
+
+def test_the_registry_matches_the_torch_free_list_of_names():
+    from tune_cifar.schema import MODEL_NAMES
+
+    assert sorted(MODELS) == sorted(MODEL_NAMES)

@@ -7,9 +7,7 @@ import dataclasses
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
-SCHEDULES = ("constant", "cosine")
-DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("auto", "fp32", "bf16")
+from tune_cifar.schema import DEVICES, MODEL_NAMES, PRECISIONS, SCHEDULES
 
 
 class ConfigError(ValueError):
@@ -55,10 +53,8 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def __post_init__(self) -> None:
-        from tune_cifar.models import MODELS  # late: models imports torch, config must stay light
-
         checks = [
-            ("model", self.model in MODELS, f"must be one of {', '.join(sorted(MODELS))}"),
+            ("model", self.model in MODEL_NAMES, f"must be one of {', '.join(MODEL_NAMES)}"),
             ("lr", self.lr > 0, "must be > 0"),
             ("schedule", self.schedule in SCHEDULES, f"must be one of {', '.join(SCHEDULES)}"),
             ("weight_decay", self.weight_decay >= 0, "must be >= 0"),

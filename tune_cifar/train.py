@@ -20,10 +20,8 @@ import torch.nn.functional as F
 from tune_cifar.config import ConfigError, TrainConfig, add_config_flags, config_from_args
 from tune_cifar.data import CifarData, DataError, DeviceData, EpochPlan, epoch_generator, load_cifar100
 from tune_cifar.models import build_model
+from tune_cifar.schema import CHECKPOINT_FIELDS
 
-# Fields that make two runs different experiments; a checkpoint may only resume the same experiment.
-IDENTITY_FIELDS = ("model", "lr", "schedule", "weight_decay", "momentum", "batch_size", "mixup_alpha",
-                   "seed", "split_seed", "val_fraction")
 
 
 class CheckpointMismatch(RuntimeError):
@@ -76,6 +74,28 @@ def pick_device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
+def resolve_runtime(cfg: TrainConfig) -> TrainConfig:
+    """`device` and `precision` as they will run: "auto" becomes cuda/cpu and bf16 (cuda) / fp32 (cpu).
+
+    Resolved once per run and saved in its checkpoints, so a run that restarts elsewhere keeps its
+    arithmetic (a bf16 checkpoint is never continued in fp32, nor pooled with fp32 runs in analysis).
+    """
+    device = pick_device(cfg.device).type
+    precision = cfg.precision if cfg.precision != "auto" else ("bf16" if device == "cuda" else "fp32")
+    return cfg.replace(device=device, precision=precision)
+
+
+def set_fp32_matmul(precision: str) -> None:
+    """fp32 means IEEE fp32 on CUDA too: PyTorch's cuDNN convolutions default to TF32 (10-bit mantissa)."""
+    value = "ieee" if precision == "fp32" else "tf32"
+    if hasattr(torch.backends.cuda.matmul, "fp32_precision"):  # torch >= 2.9
+        torch.backends.cuda.matmul.fp32_precision = value
+        torch.backends.cudnn.conv.fp32_precision = value
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = value == "tf32"
+        torch.backends.cudnn.allow_tf32 = value == "tf32"
+
+
 class TrainState:
     """Everything a resumed run needs: model, optimiser (momentum buffers), epochs done, RNG states.
 
@@ -107,7 +127,7 @@ class TrainState:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         saved = state.get("config", {}) if isinstance(state, dict) else {}
-        diff = [k for k in IDENTITY_FIELDS if saved.get(k) != getattr(self.cfg, k)]
+        diff = [k for k in CHECKPOINT_FIELDS if saved.get(k) != getattr(self.cfg, k)]
         if diff:
             raise CheckpointMismatch(
                 "checkpoint is from another configuration (" +
@@ -155,7 +175,9 @@ class OutOfMemory(MemoryError):
 
 def _is_oom(e: BaseException) -> bool:
     text = str(e)
-    return isinstance(e, torch.OutOfMemoryError) or (
+    oom_types = tuple(t for t in (getattr(torch, "OutOfMemoryError", None),  # torch >= 2.5
+                                  getattr(torch.cuda, "OutOfMemoryError", None)) if t is not None)
+    return isinstance(e, oom_types) or (
         isinstance(e, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text))
 
 
@@ -181,11 +203,13 @@ def _train(cfg: TrainConfig, data: CifarData | DeviceData, on_epoch: EpochCallba
     if isinstance(data, CifarData):
         data = DeviceData(data, cfg.val_fraction, cfg.split_seed, pick_device(cfg.device))
     device = data.device
+    cfg = resolve_runtime(cfg.replace(device=device.type))
     state = TrainState(cfg, device)
     if resume_from is not None:
         state.load_state_dict(resume_from)
-    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+    if device.type == "cuda":
+        set_fp32_matmul(cfg.precision)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
     step_model = torch.compile(state.model) if (cfg.compile and device.type == "cuda") else state.model
 
     metrics: dict[str, Any] = {}
@@ -202,7 +226,10 @@ def _train(cfg: TrainConfig, data: CifarData | DeviceData, on_epoch: EpochCallba
         diverged = not math.isfinite(train_loss)
         metrics = {
             "epoch": epoch + 1,  # 1-based: epochs completed
-            "lr": lr,
+            "lr": lr,  # the hyperparameters in force this epoch (PBT may change them between epochs)
+            "weight_decay": cfg.weight_decay,
+            "momentum": cfg.momentum,
+            "mixup_alpha": cfg.mixup_alpha,
             "train_loss": train_loss,
             "train_acc": train_acc,  # under mixup: lambda-weighted against both labels
             "val_loss": val_loss,

@@ -1,0 +1,37 @@
+"""Names shared by the loop, the trainable, the runner and the analysis: one torch-free home.
+
+Importing this module loads nothing but the standard library, so `analysis` can use it without torch.
+"""
+
+from __future__ import annotations
+
+MODEL_NAMES = ("mobilenet", "resnet18")  # tune_cifar.models registers exactly these (tested)
+SCHEDULES = ("constant", "cosine")
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16")
+
+# Reported by the trainable every epoch; results.parquet keeps these columns in this order.
+METRICS = ("epoch", "lr", "weight_decay", "momentum", "mixup_alpha", "train_loss", "train_acc", "val_loss",
+           "val_acc", "diverged", "test_loss", "test_acc", "images_per_s", "epoch_s", "timestamp")
+# Taken at a trial's last epoch for tables and ranking (test metrics exist there only).
+FINAL_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc")
+
+# What makes two trials the same configuration; the seed is what statistics average over. The
+# other TrainConfig fields (data_dir, download, device, channels_last, compile, eval_batch_size)
+# say where and how fast a run went, not what it computed.
+CONFIGURATION_FIELDS = ("model", "lr", "schedule", "weight_decay", "momentum", "epochs", "batch_size",
+                        "mixup_alpha", "split_seed", "val_fraction", "precision")
+# Hyperparameters a run may change between epochs and still continue from its saved state: PBT
+# clones a donor's weights and momentum buffers and goes on with its own mutated values of these.
+MUTABLE_FIELDS = ("lr", "weight_decay", "momentum", "mixup_alpha")
+# A checkpoint resumes a run only when these agree: they fix the network, the data stream and the
+# arithmetic. `epochs` may differ (a study extended with --epochs continues its trials).
+CHECKPOINT_FIELDS = tuple(f for f in (*CONFIGURATION_FIELDS, "seed") if f not in MUTABLE_FIELDS + ("epochs",))
+
+# A trial's status in results.parquet and in the analysis.
+FINISHED = "finished"  # reached its final epoch
+DIVERGED = "diverged"  # loss turned NaN/inf; stopped on purpose, and ranks below every sane configuration
+STOPPED_EARLY = "stopped_early"  # a scheduler (ASHA, PBT) ended it before its final epoch
+ERROR = "error"  # crashed (after its retries)
+INCOMPLETE = "incomplete"  # interrupted: neither finished nor stopped on purpose
+STATUSES = (FINISHED, DIVERGED, STOPPED_EARLY, ERROR, INCOMPLETE)
