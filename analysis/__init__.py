@@ -4,7 +4,7 @@ Nothing here starts Ray or trains: every function reads files or takes a DataFra
 """
 
 from analysis.loading import AnalysisError, configuration_labels, load, study_metadata
-from analysis.stats import compare_top_two, mean_ci, ranked, summary, trials, welch
+from analysis.stats import compare_winner, mean_ci, ranked, summary, trials, welch
 
-__all__ = ["AnalysisError", "load", "summary", "trials", "mean_ci", "welch", "ranked", "compare_top_two",
+__all__ = ["AnalysisError", "load", "summary", "trials", "mean_ci", "welch", "ranked", "compare_winner",
            "configuration_labels", "study_metadata"]

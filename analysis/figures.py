@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from scipy import stats
 
-from analysis.files import write_atomic
+from tune_cifar.storage import write_atomic
 
 LOSS_LABEL = "cross-entropy loss (nats per image)"
 ACC_LABEL = "accuracy (fraction correct)"

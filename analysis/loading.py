@@ -9,24 +9,20 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import fields
+from functools import cache
 from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
 
-from tune_cifar.config import TrainConfig
+from tune_cifar import schema
+from tune_cifar.results import CONFIG_FIELDS, parse_result_lines, trial_status
+from tune_cifar.schema import CONFIGURATION_FIELDS as IDENTITY_FIELDS, METRICS
 
-CONFIG_FIELDS = tuple(f.name for f in fields(TrainConfig))
-# What makes two trials the same configuration. The seed is what we average over; data_dir, device,
-# precision, channels_last, compile, eval_batch_size and download say where and how fast it ran.
-IDENTITY_FIELDS = ("model", "lr", "schedule", "weight_decay", "momentum", "epochs", "batch_size",
-                   "mixup_alpha", "split_seed", "val_fraction")
-METRICS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "diverged", "test_loss",
-           "test_acc", "images_per_s", "epoch_s", "timestamp")
-STUDY_ORDER = ("lr", "lrs", "wd", "mixup")  # the report's order; other studies follow by name
 KEY_COLUMNS = ("experiment", "study", "configuration", "trial_id", "seed", "status")
+# Statuses of results written before schema.STATUSES (Tune's own words); TERMINATED is re-derived.
+LEGACY_STATUS = {"ERROR": schema.ERROR, "UNFINISHED": schema.INCOMPLETE}
 _MAX_DEPTH = 3  # <root>/all/<study>/ is the deepest layout the runner writes
 
 
@@ -38,7 +34,7 @@ def load(path: str | Path) -> pd.DataFrame:
     """Tidy frame of every trial and epoch under `path` (one experiment folder or a results root)."""
     root = Path(path)
     frames = [load_experiment(folder, label) for label, folder in experiment_labels(root).items()]
-    frames = [f for f in frames if not f.empty]
+    frames = [f for f in frames if not f.empty and f["epoch"].notna().any()]
     if not frames:
         raise AnalysisError(f"{root}: experiment folder(s) found but no trial has reported an epoch yet")
     return pd.concat(frames, ignore_index=True)
@@ -139,14 +135,14 @@ def _read_trial_folders(folder: Path, meta: dict[str, Any]) -> pd.DataFrame:
 def _read_trial(folder: Path, meta: dict[str, Any]) -> pd.DataFrame:
     params = _read_json(folder / "params.json")
     info = _read_json(folder / "run_info.json") if (folder / "run_info.json").is_file() else {}
-    lines = _read_json_lines(folder / "result.json")
-    if not lines:
-        return pd.DataFrame()
-    config = {**meta.get("base", {}), **info.get("config", {}), **params}
-    rows = pd.DataFrame([{m: line.get(m) for m in METRICS} for line in lines])
-    rows["epoch"] = rows["epoch"].fillna(pd.Series([line.get("training_iteration") for line in lines]))
+    lines = parse_result_lines((folder / "result.json").read_text(errors="replace"))
+    config = {**meta.get("base", {}), **params, **info.get("config", {})}
+    rows = pd.DataFrame([{m: line.get(m) for m in METRICS} for line in lines] or [{m: math.nan for m in METRICS}])
+    if lines:
+        rows["epoch"] = rows["epoch"].fillna(pd.Series([line.get("training_iteration") for line in lines]))
     rows.insert(0, "study", meta["study"])
-    rows.insert(1, "trial_id", str(info.get("trial_id") or lines[-1].get("trial_id") or folder.name))
+    rows.insert(1, "trial_id", str(info.get("trial_id") or (lines[-1].get("trial_id") if lines else None)
+                                   or folder.name))
     rows.insert(2, "seed", info.get("seed", config.get("seed")))
     rows.insert(3, "status", _trial_status(folder, rows, config))
     for name in CONFIG_FIELDS:
@@ -158,10 +154,11 @@ def _read_trial(folder: Path, meta: dict[str, Any]) -> pd.DataFrame:
 
 
 def _trial_status(folder: Path, rows: pd.DataFrame, config: dict[str, Any]) -> str:
-    if (folder / "error.txt").is_file():  # Tune writes it when the trainable raised
-        return "ERROR"
-    done = rows["epoch"].max() >= config.get("epochs", math.inf) or rows["diverged"].fillna(False).astype(bool).any()
-    return "TERMINATED" if done else "UNFINISHED"
+    """From the folder alone a scheduler's stop cannot be told from an interruption: both are incomplete."""
+    epochs = pd.to_numeric(rows["epoch"], errors="coerce")
+    last = None if epochs.isna().all() else int(epochs.max())
+    return trial_status(last, int(config.get("epochs", 0) or 0), bool(rows["diverged"].fillna(False).astype(bool).any()),
+                        errored=(folder / "error.txt").is_file(), ended=False)  # error.txt: the trainable raised
 
 
 def _normalise(df: pd.DataFrame, meta: dict[str, Any]) -> pd.DataFrame:
@@ -178,13 +175,25 @@ def _normalise(df: pd.DataFrame, meta: dict[str, Any]) -> pd.DataFrame:
         if name not in df:
             df[name] = "TERMINATED" if name == "status" else np.nan
     df["trial_id"] = df["trial_id"].astype(str)
-    df["epoch"] = pd.to_numeric(df["epoch"]).astype(int)
+    df["epoch"] = pd.to_numeric(df["epoch"], errors="coerce").astype("Int64")  # <NA>: a trial with no results
     # a trial restarted from a checkpoint reports the epochs after it again; the later report stands
     df = df.drop_duplicates(["trial_id", "epoch"], keep="last")
     df["diverged"] = df["diverged"].astype("boolean").fillna(False).astype(bool)
+    df["status"] = _current_statuses(df)
     for name in [m for m in METRICS if m not in ("epoch", "diverged")] + ["resources/cpu", "resources/gpu"]:
         df[name] = pd.to_numeric(df[name], errors="coerce").astype(float)
     return df
+
+
+def _current_statuses(df: pd.DataFrame) -> pd.Series:
+    status = df["status"].astype(str).map(lambda s: LEGACY_STATUS.get(s, s))
+    legacy = status == "TERMINATED"
+    if legacy.any():
+        for trial_id, g in df[legacy].groupby("trial_id"):
+            last = None if g["epoch"].isna().all() else int(g["epoch"].max())
+            status[g.index] = trial_status(last, int(g["config/epochs"].iloc[0]), bool(g["diverged"].any()),
+                                           errored=False, ended=True)
+    return status
 
 
 def _column_order(df: pd.DataFrame) -> list[str]:
@@ -216,10 +225,18 @@ def _label(folder: Path) -> str:
     return f"{chain}/{folder.name}" if chain else folder.name
 
 
+@cache
+def _study_order() -> tuple[str, ...]:
+    from tune_cifar.studies import study_order  # the order of `python -m tune_cifar.run --list`
+
+    return tuple(study_order())
+
+
 def _sort_key(label: str) -> tuple:
     parts = label.split("/")
-    order = STUDY_ORDER.index(parts[-1]) if parts[-1] in STUDY_ORDER else len(STUDY_ORDER)
-    return (len(parts), parts[:-1], order, parts[-1])
+    order = _study_order()
+    position = order.index(parts[-1]) if parts[-1] in order else len(order)
+    return (len(parts), parts[:-1], position, parts[-1])
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -229,11 +246,3 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise AnalysisError(f"{path}: unreadable JSON ({err})") from None
 
 
-def _read_json_lines(path: Path) -> list[dict[str, Any]]:
-    lines = []
-    for text in path.read_text().splitlines():
-        try:
-            lines.append(json.loads(text))
-        except json.JSONDecodeError:  # a line cut short when the trial was killed mid-write
-            continue
-    return lines

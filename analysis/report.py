@@ -1,54 +1,85 @@
-"""`python -m analysis.report RESULTS [--out DIR]`: tables, figures and report.md/.html from a results folder."""
+"""`python -m analysis.report RESULTS [--out DIR]`: tables, figures and report.md/.html from a results folder.
+
+Building the report (blocks of text, tables and figures, all in memory) is kept apart from writing
+it (`write`): a test can read what the report says without touching the disk.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+from matplotlib.figure import Figure
 
 from analysis import figures
-from analysis.files import write_atomic
 from analysis.loading import (IDENTITY_FIELDS, AnalysisError, format_value, load, read_chains, study_metadata)
 from analysis.published import tables_for
 from analysis.render import Block, Bullets, Grid, Heading, Image, Para, to_html, to_markdown
-from analysis.stats import compare_top_two, ranked, summary, trials
+from analysis.stats import compare_winner, ranked, summary, trials
 from analysis.tables import OURS_NOTE, Table, study_tables, table_markdown
+from tune_cifar.storage import write_atomic
 
 TITLE = "Reproduction report: MobileNet on CIFAR-100, four hyperparameter studies"
-STUDY_TITLES = {"lr": "Learning rate", "lrs": "Learning-rate schedule", "wd": "Weight decay", "mixup": "Mixup"}
 METHOD = ("Every number is taken at a trial's final epoch. With several seeds per configuration we give "
           "the mean and a 95% Student-t confidence interval over seeds, and test whether the winner "
-          "beats the runner-up beyond seed noise with a two-sided Welch's t-test (unequal variances, "
-          "scipy.stats.ttest_ind(equal_var=False)) at the 5% level. With one seed per configuration, "
-          "as in the report, that comparison is untested. A configuration with a diverged seed is "
-          "never ranked above one without.")
+          "beats each other configuration beyond seed noise with a two-sided Welch's t-test (unequal "
+          "variances, scipy.stats.ttest_ind(equal_var=False)); with more than two configurations the "
+          "p-values are Holm-corrected, because the winner was picked from the same data. With one seed "
+          "per configuration, as in the report, the comparison is untested. Only trials that reached "
+          "their final epoch (or diverged) count; crashed, interrupted and early-stopped trials are "
+          "flagged and left out. A configuration with a diverged seed is never ranked above one without.")
 
 
-def write_report(results: str | Path, out: str | Path | None = None, log=print) -> dict[str, Path]:
-    """Load `results`, write tables/, figures/, report.md and report.html under `out`; return their paths."""
+@dataclass
+class Report:
+    """What the report says (blocks) and the files it refers to, not yet written anywhere."""
+
+    blocks: list[Block] = field(default_factory=list)
+    files: dict[str, str | bytes] = field(default_factory=dict)  # path relative to the report -> content
+    figures: dict[str, Figure] = field(default_factory=dict)  # stem relative to the report -> figure
+
+
+def build(results: str | Path, log=print) -> Report:
+    """Read `results` and build the whole report in memory."""
     results = Path(results)
-    out = Path(out) if out else results / "report"
     df = load(results)
     meta = study_metadata(results)
     chains = read_chains(results)
     t = trials(df)
     s = summary(df)
-    write_atomic(out / "tables" / "summary.csv", s.to_csv(index=False))
-    write_atomic(out / "tables" / "trials.csv", t.to_csv(index=False))
-    blocks: list[Block] = [Heading(1, TITLE), Para(_intro(results, df)), Para(METHOD), Para(OURS_NOTE)]
+    report = Report()
+    report.files["tables/summary.csv"] = s.to_csv(index=False)
+    report.files["tables/trials.csv"] = t.to_csv(index=False)
+    report.blocks += [Heading(1, TITLE), Para(_intro(results, df)), Para(METHOD), Para(OURS_NOTE)]
     for number, experiment in enumerate(dict.fromkeys(df["experiment"]), start=1):
         log(f"report: {experiment}")
-        blocks += _study_section(number, experiment, df[df["experiment"] == experiment],
-                                 t[t["experiment"] == experiment], s[s["experiment"] == experiment],
-                                 meta.get(experiment, {}), out)
+        report.blocks += _study_section(number, experiment, df[df["experiment"] == experiment],
+                                        t[t["experiment"] == experiment], s[s["experiment"] == experiment],
+                                        meta.get(experiment, {}), report)
     for name, chain in chains.items():
-        blocks += _chain_section(name, chain, t, s, meta)
-    blocks += _cost_section(t)
-    md = write_atomic(out / "report.md", to_markdown(blocks))
-    page = write_atomic(out / "report.html", to_html(blocks, out, TITLE))
+        report.blocks += _chain_section(name, chain, t, s, meta)
+    report.blocks += _cost_section(t)
+    return report
+
+
+def write(report: Report, out: str | Path) -> dict[str, Path]:
+    """Write the report's files, figures (PNG + SVG), report.md and a self-contained report.html."""
+    out = Path(out)
+    for rel, content in report.files.items():
+        write_atomic(out / rel, content)
+    for stem, fig in report.figures.items():
+        figures.save(fig, out / stem)
+    md = Path(write_atomic(out / "report.md", to_markdown(report.blocks)))
+    page = Path(write_atomic(out / "report.html", to_html(report.blocks, out, TITLE)))
     return {"markdown": md, "html": page, "tables": out / "tables", "figures": out / "figures"}
+
+
+def write_report(results: str | Path, out: str | Path | None = None, log=print) -> dict[str, Path]:
+    """Load `results`, write tables/, figures/, report.md and report.html under `out`; return their paths."""
+    return write(build(results, log), Path(out) if out else Path(results) / "report")
 
 
 def _intro(results: Path, df: pd.DataFrame) -> str:
@@ -60,25 +91,44 @@ def _intro(results: Path, df: pd.DataFrame) -> str:
 
 
 def _study_section(number: int, experiment: str, df: pd.DataFrame, t: pd.DataFrame, s: pd.DataFrame,
-                   meta: dict, out: Path) -> list[Block]:
+                   meta: dict, report: Report) -> list[Block]:
     study = df["study"].iloc[0]
     metric, mode = meta.get("metric", "val_acc"), meta.get("mode", "max")
-    blocks: list[Block] = [Heading(2, f"{number}. {STUDY_TITLES.get(study, study)} (`{experiment}`)")]
+    keys = _rank_keys(s, meta)
+    blocks: list[Block] = [Heading(2, f"{number}. {study_title(study, meta)} (`{experiment}`)")]
     if meta.get("description"):
         blocks.append(Para(meta["description"]))
     blocks.append(Bullets(tuple(_setup(df, s, meta, metric, mode))))
     for table in study_tables(s, study):
-        blocks += _table_blocks(table, experiment, out)
-    blocks += [Heading(3, "Figures")] + _figures(experiment, study, df, meta, out)
-    blocks += [Heading(3, "Winner")] + _winner(study, t, s, metric, mode)
+        blocks += _table_blocks(table, experiment, report)
+    blocks += [Heading(3, "Figures")] + _figures(experiment, study, df, meta, report)
+    blocks += [Heading(3, "Winner")] + _winner(study, t, s, metric, mode, keys)
     return blocks
+
+
+def study_title(study: str, meta: dict) -> str:
+    """The study module's TITLE, as recorded in study.json (else read from search_spaces/, else the name)."""
+    if meta.get("title"):
+        return meta["title"]
+    try:
+        from tune_cifar.studies import load_study
+
+        return load_study(study).title
+    except Exception:  # a study whose module is gone: its name will do
+        return study
+
+
+def _rank_keys(s: pd.DataFrame, meta: dict) -> list[str]:
+    """The study's varied fields first, then the other identity fields: ties break as the runner breaks them."""
+    space = [f"config/{k}" for k in (meta.get("space") or {}) if f"config/{k}" in s]
+    return space + [c for c in s.columns if c.startswith("config/") and c not in space]
 
 
 def _setup(df: pd.DataFrame, s: pd.DataFrame, meta: dict, metric: str, mode: str) -> list[str]:
     space = meta.get("space") or {}
     varied = [f"`{k}` in {{{', '.join(format_value(k, v) for v in values)}}}" for k, values in space.items()]
     fixed = [f"{k}={format_value(k, df[f'config/{k}'].iloc[0])}" for k in IDENTITY_FIELDS
-             if k not in space and f"config/{k}" in df and df[f"config/{k}"].nunique() == 1]
+             if k not in space and f"config/{k}" in df and df[f"config/{k}"].nunique(dropna=False) == 1]
     items = [f"**What varied:** {'; '.join(varied) or ', '.join(s['configuration'])}",
              f"**Fixed:** {', '.join(fixed)}"]
     if meta.get("carried"):
@@ -88,26 +138,30 @@ def _setup(df: pd.DataFrame, s: pd.DataFrame, meta: dict, metric: str, mode: str
     items.append(f"**Seeds per configuration:** {', '.join(map(str, seeds))}; "
                  f"{df['trial_id'].nunique()} trial(s) in all")
     items.append(f"**Ranked by:** final-epoch `{metric}` ({'higher' if mode == 'max' else 'lower'} is better)")
-    flagged = s[s["diverged"] | s["incomplete"]]
+    flagged = s[s["diverged"] | s["incomplete"] | (s["n_stopped_early"] > 0)]
     for _, r in flagged.iterrows():
         what = [f"diverged in {r['n_diverged']}/{r['n_trials']} seed(s)"] if r["diverged"] else []
         what += [f"incomplete: {r['missing']}"] if r["incomplete"] else []
+        what += ([f"stopped early by the scheduler in {r['n_stopped_early']}/{r['n_trials']} trial(s), "
+                  f"{r['epochs_saved']} trial-epochs saved"] if r["n_stopped_early"] else [])
+        if r["n_counted"] == 0:
+            what.append("no trial reached its final epoch, so it is not ranked")
         items.append(f"**Flag, {r['configuration']}:** " + "; ".join(what))
     return items
 
 
-def _table_blocks(table: Table, experiment: str, out: Path) -> list[Block]:
-    stem = out / "tables" / figures.sanitise(f"{experiment}_{table.name.replace(' ', '').lower()}")
-    write_atomic(stem.with_suffix(".csv"), table.frame.to_csv(index=False))
-    write_atomic(stem.with_suffix(".md"), table_markdown(table))
-    rel = stem.relative_to(out).as_posix()
+def _table_blocks(table: Table, experiment: str, report: Report) -> list[Block]:
+    rel = "tables/" + figures.sanitise(f"{experiment}_{table.name.replace(' ', '').lower()}")
+    report.files[f"{rel}.csv"] = table.frame.to_csv(index=False)
+    report.files[f"{rel}.md"] = table_markdown(table)
     return ([Heading(3, f"{table.name}. {table.title}"),
              Grid(tuple(table.header), tuple(tuple(c) for c in table.cells))]
             + [Para(n) for n in table.notes] + [Para(f"CSV: [{rel}.csv]({rel}.csv)")])
 
 
-def _figures(experiment: str, study: str, df: pd.DataFrame, meta: dict, out: Path) -> list[Block]:
-    name = STUDY_TITLES.get(study, study)
+def _figures(experiment: str, study: str, df: pd.DataFrame, meta: dict, report: Report) -> list[Block]:
+    name = study_title(study, meta)
+    df = df.dropna(subset=["epoch"])
     made = [(figures.study_overlay(df, f"{name} ({experiment}): all configurations"),
              f"{experiment}_overlay", f"{name}: every configuration's curves")]
     for config, g in df.groupby("configuration", sort=False):
@@ -121,20 +175,25 @@ def _figures(experiment: str, study: str, df: pd.DataFrame, meta: dict, out: Pat
                      "Beta(alpha, alpha) density (Fig 10)"))
     blocks: list[Block] = []
     for fig, stem, alt in made:
-        png, _ = figures.save(fig, out / "figures" / figures.sanitise(stem))
-        blocks.append(Image(png.relative_to(out).as_posix(), alt))
+        rel = "figures/" + figures.sanitise(stem)
+        report.figures[rel] = fig
+        blocks.append(Image(f"{rel}.png", alt))
     return blocks
 
 
-def _winner(study: str, t: pd.DataFrame, s: pd.DataFrame, metric: str, mode: str) -> list[Block]:
-    c = compare_top_two(t, s, metric, mode)
-    best = ranked(s, metric, mode).iloc[0]
+def _winner(study: str, t: pd.DataFrame, s: pd.DataFrame, metric: str, mode: str, keys: list[str]) -> list[Block]:
+    if not (s["n_counted"] > 0).any():
+        return [Para("No configuration has a trial that reached its final epoch: nothing is ranked.")]
+    c = compare_winner(t, s, metric, mode, keys=keys)
+    best = ranked(s, metric, mode, keys).iloc[0]
     text = f"**{c.winner}** has the best final-epoch `{metric}`: {best[f'{metric}_mean']:.4f}"
     if c.runner_up is not None:
         runner = s[s["configuration"] == c.runner_up].iloc[0]
         text += (f" against {runner[f'{metric}_mean']:.4f} for {c.runner_up} "
                  f"(margin {c.margin:+.4f}; seeds {c.n_winner} vs {c.n_runner_up}).")
     blocks: list[Block] = [Para(text), Para(f"Comparison with the runner-up: {c.verdict}.")]
+    if c.family:
+        blocks.append(Para(c.family))
     if best["diverged"]:
         blocks.append(Para("Every configuration had a diverged seed; the ranking is among diverged runs."))
     theirs = _published_winner(study, metric)
@@ -171,8 +230,12 @@ def _chain_section(name: str, chain: dict, t: pd.DataFrame, s: pd.DataFrame, met
             continue
         m = meta.get(experiment, {})
         metric, mode = m.get("metric", "val_acc"), m.get("mode", "max")
-        best = ranked(mine, metric, mode).iloc[0]
-        verdict = compare_top_two(t, mine, metric, mode).verdict.split(":")[0]
+        keys = _rank_keys(mine, m)
+        if not (mine["n_counted"] > 0).any():
+            rows.append((stage, into, "nothing finished", "", theirs, ""))
+            continue
+        best = ranked(mine, metric, mode, keys).iloc[0]
+        verdict = compare_winner(t, mine, metric, mode, keys=keys).verdict.split(":")[0]
         agree = "" if not theirs else ("yes" if theirs == best["configuration"] else "no")
         rows.append((stage, into, f"{best['configuration']} ({best[f'{metric}_mean']:.4f} {metric})",
                      verdict, theirs, agree))

@@ -1,4 +1,4 @@
-"""Per-trial and per-configuration statistics, and the winner-vs-runner-up test, from load()'s frame."""
+"""Per-trial and per-configuration statistics, and the winner's tests against the rest, from load()'s frame."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pandas as pd
 from scipy import stats
 
 from analysis.loading import IDENTITY_FIELDS, configuration_labels
-
-FINAL_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc")
+from tune_cifar import ranking
+from tune_cifar.schema import DIVERGED, ERROR, FINAL_METRICS, INCOMPLETE, STOPPED_EARLY
 CONFIDENCE = 0.95
 GROUP = ["experiment", "study", "configuration"]
 
@@ -61,37 +61,46 @@ def trials(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _trial_row(g: pd.DataFrame) -> dict:
-    first, last = g.iloc[0], g.iloc[-1]
+    first = g.iloc[0]
+    epochs = g.dropna(subset=["epoch"])
     planned = int(first["config/epochs"])
-    seen = set(g["epoch"].astype(int))
+    status = str(first["status"])
+    seen = set(epochs["epoch"].astype(int))
     diverged = bool(g["diverged"].any())
-    reached = max(seen)
-    # a diverged trial stops on purpose, so only the epochs up to its divergence are owed
-    missing = sorted(set(range(1, (reached if diverged else planned) + 1)) - seen)
-    finished = (diverged or reached >= planned) and first["status"] != "ERROR"
+    reached = max(seen, default=0)
+    # a trial that stopped on purpose (diverged, or by a scheduler) owes only the epochs up to where it stopped
+    owed = reached if status in (DIVERGED, STOPPED_EARLY) else planned
+    missing = sorted(set(range(1, owed + 1)) - seen)
+    counted = ranking.counts(status)
     gpu = g["resources/gpu"].fillna(0) if "resources/gpu" in g else 0.0
     cpu = g["resources/cpu"].fillna(0) if "resources/cpu" in g else 0.0
     row = {k: first[k] for k in GROUP + ["trial_id", "seed", "status"]}
     row.update({c: first[c] for c in g.columns if c.startswith("config/")})
     row.update(epochs_planned=planned, epochs_done=len(seen), last_epoch=reached,
                missing_epochs=",".join(map(str, missing)), diverged=diverged,
-               diverged_epoch=int(g.loc[g["diverged"], "epoch"].min()) if diverged else math.nan,
-               finished=bool(finished), incomplete=bool(missing) or not finished)
+               diverged_epoch=int(epochs.loc[epochs["diverged"], "epoch"].min()) if diverged else math.nan,
+               finished=counted, stopped_early=status == STOPPED_EARLY,
+               incomplete=bool(missing) or status in (ERROR, INCOMPLETE))
+    last = epochs.iloc[-1] if len(epochs) else None
     for m in FINAL_METRICS:
-        present = g[m].dropna()
+        present = epochs[m].dropna()
         # test metrics exist on the last epoch only; a crashed trial has none
-        row[m] = float(present.iloc[-1]) if m.startswith("test") and len(present) else float(last[m])
-    row["wall_s"] = float(g["epoch_s"].sum())
-    row["gpu_hours"] = float((g["epoch_s"] * gpu).sum() / 3600)
-    row["cpu_hours"] = float((g["epoch_s"] * cpu).sum() / 3600)
+        if m.startswith("test"):
+            row[m] = float(present.iloc[-1]) if len(present) else math.nan
+        else:
+            row[m] = float(last[m]) if last is not None else math.nan
+    row["wall_s"] = float(g["epoch_s"].fillna(0).sum())
+    row["gpu_hours"] = float((g["epoch_s"].fillna(0) * gpu).sum() / 3600)
+    row["cpu_hours"] = float((g["epoch_s"].fillna(0) * cpu).sum() / 3600)
     return row
 
 
 def summary(df: pd.DataFrame) -> pd.DataFrame:
     """One row per configuration: final-epoch metrics as mean, std and 95% CI over seeds, plus cost.
 
-    Statistics use the trials that finished (all epochs, or stopped by divergence); unfinished
-    ones count only when a configuration has nothing else, and `incomplete` says so either way.
+    Statistics use the trials that tune_cifar.ranking counts (finished, or stopped by divergence).
+    A configuration with none shows what its other trials reached, is flagged, and is not ranked
+    (`n_counted` is 0).
     """
     t = trials(df)
     config_cols = [c for c in t.columns if c.startswith("config/")
@@ -101,7 +110,10 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
         used = g[g["finished"]] if g["finished"].any() else g
         row = dict(zip(GROUP, keys))
         row.update({c: g[c].iloc[0] for c in config_cols})
-        row.update(n_seeds=len(used), n_trials=len(g), seeds=" ".join(map(str, sorted(used["seed"]))),
+        row.update(n_seeds=len(used), n_counted=int(g["finished"].sum()), n_trials=len(g),
+                   n_stopped_early=int(g["stopped_early"].sum()),
+                   epochs_saved=int((g["epochs_planned"] - g["last_epoch"])[g["stopped_early"]].sum()),
+                   seeds=" ".join(map(str, sorted(used["seed"]))),
                    epochs=int(g["epochs_planned"].max()),
                    diverged=bool(g["diverged"].any()), n_diverged=int(g["diverged"].sum()),
                    incomplete=bool(g["incomplete"].any()), n_incomplete=int(g["incomplete"].sum()),
@@ -130,11 +142,24 @@ def _missing_note(incomplete: pd.DataFrame) -> str:
     return "; ".join(notes)
 
 
-def ranked(summary_rows: pd.DataFrame, metric: str = "val_acc", mode: str = "max") -> pd.DataFrame:
-    """Best first: configurations with no diverged seed always above those with one; NaN last."""
-    score = summary_rows[f"{metric}_mean"] * (-1 if mode == "max" else 1)
-    order = pd.DataFrame({"diverged": summary_rows["diverged"], "score": score}).fillna({"score": math.inf})
-    return summary_rows.loc[order.sort_values(["diverged", "score"], kind="stable").index]
+def ranked(summary_rows: pd.DataFrame, metric: str = "val_acc", mode: str = "max",
+           keys: list[str] | None = None) -> pd.DataFrame:
+    """Best first, by tune_cifar.ranking's rule; `keys` (config/<field> columns) break ties in order.
+
+    The default keys are every identity column; pass the study's varied fields first to break ties
+    exactly as the runner does.
+    """
+    keys = keys or [c for c in summary_rows.columns if c.startswith("config/")]
+    return ranking.rank(summary_rows, keys, mode, score=f"{metric}_mean")
+
+
+@dataclass(frozen=True)
+class PairTest:
+    other: str  # the configuration compared with the winner
+    margin: float  # winner mean - other mean, in the metric's units
+    n_other: int
+    test: Welch | None  # None when either side has fewer than 2 counted seeds
+    p_holm: float  # Holm-adjusted over the family of winner-vs-other tests; NaN when untested
 
 
 @dataclass(frozen=True)
@@ -145,41 +170,75 @@ class Comparison:
     margin: float  # winner mean - runner-up mean, in the metric's units
     n_winner: int
     n_runner_up: int
-    test: Welch | None  # None when either side has fewer than 2 finished seeds
-    verdict: str  # one sentence for the report
+    test: Welch | None  # winner vs runner-up; None when either side has fewer than 2 counted seeds
+    verdict: str  # one sentence for the report, about winner vs runner-up
+    others: tuple[PairTest, ...] = ()  # winner vs every other ranked configuration, runner-up first
+    family: str = ""  # one sentence on the multiple-comparison correction, when there are several tests
 
 
-def compare_top_two(t: pd.DataFrame, summary_rows: pd.DataFrame, metric: str = "val_acc",
-                    mode: str = "max", alpha: float = 0.05) -> Comparison:
-    """Winner vs runner-up of one experiment, with Welch's t-test over seeds when there are >= 2 each."""
-    order = ranked(summary_rows, metric, mode)
+def compare_winner(t: pd.DataFrame, summary_rows: pd.DataFrame, metric: str = "val_acc", mode: str = "max",
+                   alpha: float = 0.05, keys: list[str] | None = None) -> Comparison:
+    """Winner vs each other ranked configuration: Welch's t-test over seeds (>= 2 each), Holm-corrected.
+
+    Picking the winner and runner-up from the same data, then testing only those two, would
+    understate the chance of a false "beyond noise" when there are more than two configurations;
+    the winner is therefore tested against every other one, and the p-values are adjusted with
+    Holm's step-down method (family-wise error at most `alpha`).
+    """
+    order = ranked(summary_rows, metric, mode, keys)
+    order = order[order["rank"].notna()] if order["rank"].notna().any() else order
     top = order.iloc[0]
+    a = _counted_values(t, top, metric)
     if len(order) < 2:
-        return Comparison(top["configuration"], None, metric, math.nan, int(top["n_seeds"]), 0, None,
+        return Comparison(top["configuration"], None, metric, math.nan, len(a), 0, None,
                           "only one configuration: nothing to compare")
-    second = order.iloc[1]
-    margin = float(top[f"{metric}_mean"] - second[f"{metric}_mean"])
-    a, b = (_finished_values(t, row, metric) for row in (top, second))
+    pairs = []
+    for _, other in order.iloc[1:].iterrows():
+        b = _counted_values(t, other, metric)
+        margin = float(top[f"{metric}_mean"] - other[f"{metric}_mean"])
+        tested = min(len(a), len(b)) >= 2 and not math.isclose(margin, 0.0, abs_tol=1e-12)
+        pairs.append((other, b, margin, welch(a, b) if tested else None))
+    adjusted = holm([p[3].p_value if p[3] is not None else math.nan for p in pairs])
+    others = tuple(PairTest(o["configuration"], m, len(b), w, q) for (o, b, m, w), q in zip(pairs, adjusted))
+    second, b, margin, test = pairs[0]
+    n_tests = sum(p.test is not None and not math.isnan(p.test.p_value) for p in others)
     if math.isclose(margin, 0.0, abs_tol=1e-12):
-        return Comparison(top["configuration"], second["configuration"], metric, margin, len(a), len(b), None,
-                          "tied: winner and runner-up have the same mean, so the pick between them is arbitrary")
-    if min(len(a), len(b)) < 2:
-        return Comparison(top["configuration"], second["configuration"], metric, margin, len(a), len(b), None,
-                          "untested: fewer than two seeds per configuration, so the margin cannot be "
-                          "told apart from seed-to-seed noise")
-    test = welch(a, b)
-    if math.isnan(test.p_value):
+        verdict = "tied: winner and runner-up have the same mean, so the pick between them is arbitrary"
+    elif test is None:
+        verdict = ("untested: fewer than two seeds per configuration, so the margin cannot be "
+                   "told apart from seed-to-seed noise")
+    elif math.isnan(test.p_value):
         verdict = "untestable: neither configuration varies between seeds"
     else:
-        beyond = test.p_value < alpha
+        p = others[0].p_holm
+        beyond = p < alpha
+        adjusted_note = f", Holm-adjusted over {n_tests} comparisons p = {p:.3g}" if n_tests > 1 else ""
         verdict = (f"{'beyond' if beyond else 'within'} seed noise: two-sided Welch's t-test over seeds, "
-                   f"t = {test.statistic:.2f}, df = {test.df:.1f}, p = {test.p_value:.3g} "
+                   f"t = {test.statistic:.2f}, df = {test.df:.1f}, p = {test.p_value:.3g}{adjusted_note} "
                    f"({'<' if beyond else '>='} {alpha}); 95% CI of the difference "
                    f"[{test.diff_low:+.4f}, {test.diff_high:+.4f}]")
-    return Comparison(top["configuration"], second["configuration"], metric, margin, len(a), len(b), test, verdict)
+    family = ""
+    if n_tests > 1:
+        beaten = [p.other for p in others if p.test is not None and p.p_holm < alpha]
+        family = (f"The winner was tested against each of the other {len(others)} configurations (Welch's t-test, "
+                  f"Holm-corrected over {n_tests} tests, family-wise alpha {alpha}); it beats "
+                  + (", ".join(beaten) if beaten else "none of them") + " beyond seed noise.")
+    return Comparison(top["configuration"], second["configuration"], metric, margin, len(a), len(b), test, verdict,
+                      others, family)
 
 
-def _finished_values(t: pd.DataFrame, row: pd.Series, metric: str) -> np.ndarray:
+def holm(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjusted p-values; NaN entries (untested) stay NaN and are not in the family."""
+    idx = sorted((i for i, p in enumerate(p_values) if not math.isnan(p)), key=lambda i: p_values[i])
+    m = len(idx)
+    out = [math.nan] * len(p_values)
+    running = 0.0
+    for rank_, i in enumerate(idx):
+        running = max(running, min(1.0, (m - rank_) * p_values[i]))
+        out[i] = running
+    return out
+
+
+def _counted_values(t: pd.DataFrame, row: pd.Series, metric: str) -> np.ndarray:
     mine = t[(t["experiment"] == row["experiment"]) & (t["configuration"] == row["configuration"])]
-    used = mine[mine["finished"]] if mine["finished"].any() else mine
-    return used[metric].to_numpy(float)
+    return mine.loc[mine["finished"], metric].to_numpy(float)

@@ -1,5 +1,6 @@
 """One module per study. A study module defines:
 
+    TITLE: str             a few words for headings (default: the module's name)
     DESCRIPTION: str       one sentence: what varies and why
     BASE: dict             TrainConfig fields the study fixes (the rest keep TrainConfig's defaults)
     SPACE: dict            field -> list of values, crossed as a grid

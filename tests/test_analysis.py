@@ -24,7 +24,7 @@ def frame(finals: dict[str, list[float]], *, diverged: dict[str, list[bool]] | N
                 last = epoch == epochs
                 div = bool((diverged or {}).get(config, [False] * len(values))[seed]) and last
                 rows.append({"experiment": "lr", "study": "lr", "configuration": config,
-                             "trial_id": f"{config}-{seed}", "seed": seed, "status": "TERMINATED",
+                             "trial_id": f"{config}-{seed}", "seed": seed, "status": "diverged" if bool((diverged or {}).get(config, [False] * len(values))[seed]) else "finished",
                              **{f"config/{k}": v for k, v in BASE.items()}, "config/lr": 0.01 * (ci + 1),
                              "config/epochs": epochs, "epoch": epoch, "lr": 0.01, "train_loss": 1.0,
                              "train_acc": acc + 0.1, "val_loss": 2.0, "val_acc": acc if last else acc / 2,
@@ -128,19 +128,19 @@ def test_welch_matches_scipy_and_decides_beyond_or_within_noise():
     assert w.diff_low < np.mean(a) - np.mean(b) < w.diff_high
 
     clear = frame({"lr=0.01": a, "lr=0.02": b})
-    c = analysis.compare_top_two(analysis.trials(clear), analysis.summary(clear))
+    c = analysis.compare_winner(analysis.trials(clear), analysis.summary(clear))
     assert (c.winner, c.runner_up) == ("lr=0.01", "lr=0.02")
     assert c.margin == pytest.approx(np.mean(a) - np.mean(b))
     assert c.verdict.startswith("beyond seed noise") and "Welch" in c.verdict and f"{ref.pvalue:.3g}" in c.verdict
 
     noisy = frame({"lr=0.01": [0.60, 0.50, 0.70], "lr=0.02": [0.59, 0.52, 0.64]})
-    c = analysis.compare_top_two(analysis.trials(noisy), analysis.summary(noisy))
+    c = analysis.compare_winner(analysis.trials(noisy), analysis.summary(noisy))
     assert c.verdict.startswith("within seed noise")
 
 
 def test_one_seed_leaves_the_comparison_untested():
     one = frame({"lr=0.01": [0.6], "lr=0.02": [0.5]})
-    c = analysis.compare_top_two(analysis.trials(one), analysis.summary(one))
+    c = analysis.compare_winner(analysis.trials(one), analysis.summary(one))
     assert c.winner == "lr=0.01" and c.test is None and c.verdict.startswith("untested")
 
 
@@ -150,7 +150,7 @@ def test_a_diverged_configuration_is_flagged_and_never_the_winner():
     bad = s.set_index("configuration").loc["lr=0.01"]
     assert bad["diverged"] and bad["n_diverged"] == 1 and not bad["incomplete"]
     assert analysis.ranked(s)["configuration"].tolist() == ["lr=0.02", "lr=0.01"]
-    assert analysis.compare_top_two(analysis.trials(df), s).winner == "lr=0.02"
+    assert analysis.compare_winner(analysis.trials(df), s).winner == "lr=0.02"
 
 
 def test_diverged_missing_epoch_and_crashed_trials_from_folders(tmp_path):
@@ -161,13 +161,13 @@ def test_diverged_missing_epoch_and_crashed_trials_from_folders(tmp_path):
     assert t.loc[("lr=0.5", 0), ["diverged", "diverged_epoch", "last_epoch", "finished", "incomplete"]].tolist() \
         == [True, 2, 2, True, False]
     assert t.loc[("lr=0.01", 1), "missing_epochs"] == "3" and t.loc[("lr=0.01", 1), "incomplete"]
-    assert t.loc[("lr=0.05", 1), ["status", "finished", "incomplete"]].tolist() == ["ERROR", False, True]
+    assert t.loc[("lr=0.05", 1), ["status", "finished", "incomplete"]].tolist() == ["error", False, True]
     assert math.isnan(t.loc[("lr=0.05", 1), "test_acc"])  # crashed before its test evaluation
 
     s = analysis.summary(df).set_index("configuration")
     assert s.loc["lr=0.05", ["n_seeds", "n_trials"]].tolist() == [1, 2]  # the crashed seed is left out
     assert s.loc["lr=0.05", "val_acc_mean"] == pytest.approx(final_acc(1, 0))
-    assert "stopped at 2/5 (ERROR)" in s.loc["lr=0.05", "missing"]
+    assert "stopped at 2/5 (error)" in s.loc["lr=0.05", "missing"]
     assert "epoch(s) 3 missing" in s.loc["lr=0.01", "missing"]
     assert s.loc["lr=0.5", "diverged"] and not s.loc["lr=0.5", "incomplete"]
 
@@ -218,7 +218,7 @@ def test_mixup_and_weight_decay_tables_match_rows_by_value(tmp_path):
 
 def test_a_tie_is_called_a_tie_not_a_win():
     tie = frame({"lr=0.01": [0.01, 0.01], "lr=0.02": [0.01, 0.01]})  # what a 2-epoch smoke run gives
-    c = analysis.compare_top_two(analysis.trials(tie), analysis.summary(tie))
+    c = analysis.compare_winner(analysis.trials(tie), analysis.summary(tie))
     assert c.margin == 0 and c.verdict.startswith("tied")
 
 

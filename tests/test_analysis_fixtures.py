@@ -76,8 +76,8 @@ def write_study(root: Path, study: str, space: dict, *, seeds=(0,), epochs: int 
                 "study": study}))
             if (index, seed) in (crash or {}):
                 (trial / "error.txt").write_text("RuntimeError: killed\n")
-            frames.append(_parquet_rows(study, trial_id, seed, config, rows, gpu, "ERROR" if (index, seed) in (crash or {})
-                                        else "TERMINATED"))
+            frames.append(_parquet_rows(study, trial_id, seed, config, rows, gpu, "error" if (index, seed) in (crash or {})
+                                        else ("diverged" if (index, seed) in (diverge or {}) else "finished")))
     if parquet:
         pd.concat(frames, ignore_index=True).to_parquet(folder / "results.parquet")
     return folder

@@ -12,7 +12,6 @@ from scipy import stats
 
 import analysis
 from analysis import figures
-from analysis.files import write_atomic
 from analysis.report import main, write_report
 from test_analysis_fixtures import write_study
 
@@ -92,18 +91,6 @@ def test_save_writes_a_readable_png_and_an_svg(tmp_path, lr_two_seeds):
     assert image.ndim == 3 and image.shape[0] > 300 and image.shape[1] > 300
     assert svg.read_text().lstrip().startswith("<?xml") and "lr=0.05" in svg.read_text()
     assert not [p for p in png.parent.iterdir() if p.name.endswith(".tmp")]
-
-
-def test_write_atomic_keeps_the_old_file_when_the_write_fails(tmp_path, monkeypatch):
-    target = write_atomic(tmp_path / "report.md", "old")
-
-    def boom(*args):
-        raise OSError("disk full")
-
-    monkeypatch.setattr("analysis.files.os.replace", boom)
-    with pytest.raises(OSError):
-        write_atomic(target, "new")
-    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["report.md"]
 
 
 def test_report_follows_the_studies_and_ends_with_the_chain_and_cost(tmp_path):

@@ -57,7 +57,7 @@ def test_killed_worker_resumes_from_checkpoint_with_the_metrics_of_an_uninterrup
     trial = killed["trial"]
     assert len(json.loads((trial / "run_info.json").read_text())["starts"]) == 2  # restarted once
     df = pd.read_parquet(experiment / "results.parquet")
-    assert set(df["status"]) == {"TERMINATED"}
+    assert set(df["status"]) == {"finished"}
     assert df.groupby("trial_id")["epoch"].apply(sorted).tolist() == [[1, 2, 3]] * 3
     params = json.loads((trial / "params.json").read_text())
     final = df[(df["config/lr"] == params["lr"]) & (df["epoch"] == 3)].iloc[0]
@@ -100,7 +100,7 @@ def test_ctrl_c_leaves_an_experiment_that_resume_finishes_even_with_a_corrupt_ch
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "checkpoint unreadable" in proc.stderr
     df = pd.read_parquet(experiment / "results.parquet")
-    assert set(df["status"]) == {"TERMINATED"} and df["trial_id"].nunique() == 3
+    assert set(df["status"]) == {"finished"} and df["trial_id"].nunique() == 3
     assert df.groupby("trial_id")["epoch"].apply(list).tolist() == [list(range(1, 7))] * 3
 
 
@@ -125,7 +125,7 @@ def test_a_diverging_trial_ends_as_diverged_and_the_study_goes_on(ray_session, t
     code, out = run_cli("hotlr", "--smoke", "--epochs", "3", "--gpus-per-trial", "0", "--storage-path", tmp_path / "r")
     assert code == 0, out
     df = pd.read_parquet(tmp_path / "r" / "hotlr" / "results.parquet")
-    assert set(df["status"]) == {"TERMINATED"}
+    assert set(df["status"]) == {"finished"}
     hot = df[df["config/lr"] == 1e12]
     assert hot["diverged"].iloc[-1] and hot["epoch"].max() < 3  # stopped early, flagged
     assert df[df["config/lr"] == 0.05]["epoch"].max() == 3  # the other trial went on

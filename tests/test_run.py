@@ -28,7 +28,7 @@ def test_smoke_chain_runs_every_trial_and_writes_every_epoch(smoke_all):
     for name, n_trials in [("lr", 3), ("lrs", 2), ("wd", 2), ("mixup", 2)]:
         df = pd.read_parquet(storage / "all" / name / "results.parquet")
         assert df["trial_id"].nunique() == n_trials
-        assert set(df["status"]) == {"TERMINATED"}
+        assert set(df["status"]) == {"finished"}
         assert sorted(df.groupby("trial_id")["epoch"].apply(list).tolist()) == [[1, 2]] * n_trials
         last = df[df["epoch"] == 2]
         assert last["test_acc"].notna().all() and df.loc[df["epoch"] == 1, "test_acc"].isna().all()
@@ -157,7 +157,7 @@ def test_resume_after_the_driver_is_killed(tmp_path, isolated_ray):
     proc = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=600, env=isolated_ray.env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     df = pd.read_parquet(experiment / "results.parquet")
-    assert df["trial_id"].nunique() == 3 and set(df["status"]) == {"TERMINATED"}
+    assert df["trial_id"].nunique() == 3 and set(df["status"]) == {"finished"}
     assert df.groupby("trial_id")["epoch"].apply(sorted).tolist() == [[1, 2, 3]] * 3
     for name, text in finished_before.items():  # the finished trial was not run again
         assert (experiment / name / "result.json").read_text() == text

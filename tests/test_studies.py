@@ -4,8 +4,9 @@ import pandas as pd
 import pytest
 
 import search_spaces
-from tune_cifar.experiment import RunOptions, final_table, param_space, winner
-from tune_cifar.studies import StudyError, Study, available_studies, load_study
+from tune_cifar.experiment import RunOptions, param_space
+from tune_cifar.results import final_table, winner
+from tune_cifar.studies import StudyError, available_studies, load_study, study_order
 
 
 def test_the_reports_four_studies_and_the_chain():
@@ -54,16 +55,58 @@ def test_param_space_grids_the_space_and_seeds():
 
 def _final_rows(rows):
     return pd.DataFrame([
-        {"trial_id": t, "seed": s, "epoch": 2, "config/lr": lr, "diverged": d, "val_acc": v, "train_loss": 1.0,
-         "train_acc": 0.5, "val_loss": 1.0, "test_loss": 1.0, "test_acc": 0.5}
-        for t, s, lr, d, v in rows])
+        {"trial_id": t, "seed": s, "epoch": e, "status": st, "config/lr": lr, "diverged": st == "diverged",
+         "val_acc": v, "train_loss": 1.0, "train_acc": 0.5, "val_loss": 1.0, "test_loss": 1.0, "test_acc": 0.5}
+        for t, s, e, st, lr, v in rows])
 
 
 def test_winner_is_best_mean_over_seeds_and_never_diverged():
-    df = _final_rows([("a", 0, 0.01, False, 0.40), ("b", 1, 0.01, False, 0.44),
-                      ("c", 0, 0.05, False, 0.45), ("d", 1, 0.05, False, 0.41),
-                      ("e", 0, 0.5, True, 0.90)])
-    study = load_study("lr")
-    table = final_table(df, study)
+    df = _final_rows([("a", 0, 2, "finished", 0.01, 0.40), ("b", 1, 2, "finished", 0.01, 0.44),
+                      ("c", 0, 2, "finished", 0.05, 0.45), ("d", 1, 2, "finished", 0.05, 0.41),
+                      ("e", 0, 1, "diverged", 0.5, 0.90)])
+    table = final_table(df, ["lr"], "val_acc", "max")
     assert table.set_index("lr")["seeds"].to_dict() == {0.01: 2, 0.05: 2, 0.5: 1}
-    assert winner(df, study) == {"lr": 0.05}  # mean 0.43 beats 0.42; the diverged 0.90 never wins
+    assert table["lr"].tolist() == [0.05, 0.01, 0.5]  # best first; the diverged one last whatever its mean
+    assert winner(df, ["lr"], "val_acc", "max") == {"lr": 0.05}  # mean 0.43 beats 0.42
+
+
+def test_crashed_and_half_finished_seeds_do_not_count():
+    # lr=0.01: seed 0 finished at 0.40, seed 1 crashed at epoch 1 with a lucky 0.90; lr=0.05: one finished
+    # seed at 0.45 and one interrupted half-way at 0.05. Counting the crashed or interrupted seeds would
+    # make lr=0.01 win (0.65 vs 0.25); the rule counts finished ones only: 0.40 vs 0.45.
+    df = _final_rows([("a", 0, 4, "finished", 0.01, 0.40), ("b", 1, 1, "error", 0.01, 0.90),
+                      ("c", 0, 4, "finished", 0.05, 0.45), ("d", 1, 2, "incomplete", 0.05, 0.05)])
+    table = final_table(df, ["lr"], "val_acc", "max").set_index("lr")
+    assert table.loc[0.01, "val_acc"] == 0.40 and table.loc[0.05, "val_acc"] == 0.45
+    assert table[["seeds", "trials"]].to_dict("list") == {"seeds": [1, 1], "trials": [2, 2]}
+    assert winner(df, ["lr"], "val_acc", "max") == {"lr": 0.05}
+
+
+def test_the_runner_and_the_analysis_pick_the_same_winner():
+    import analysis
+    from test_analysis_fixtures import BASE
+
+    rows = [("a", 0, 4, "finished", 0.01, 0.40), ("b", 1, 1, "error", 0.01, 0.90),
+            ("c", 0, 4, "finished", 0.05, 0.40), ("d", 1, 2, "incomplete", 0.05, 0.05),
+            ("e", 0, 2, "stopped_early", 0.1, 0.99), ("f", 0, 4, "finished", 0.2, 0.39)]
+    df = _final_rows(rows).assign(**{f"config/{k}": v for k, v in BASE.items() if k not in ("lr", "epochs")},
+                                  **{"config/epochs": 4, "lr": 0.01, "images_per_s": 1.0, "epoch_s": 1.0,
+                                     "timestamp": 0.0, "resources/cpu": 1.0, "resources/gpu": 0.0})
+    df["config/lr"] = [r[4] for r in rows]
+    df = df.assign(experiment="lr", study="lr")
+    s = analysis.summary(df)
+    best = analysis.ranked(s, "val_acc", "max", keys=["config/lr"]).iloc[0]
+    # 0.01 and 0.05 tie at 0.40 on their finished seeds: the smaller lr wins, in both places
+    assert best["config/lr"] == 0.01 == winner(df, ["lr"], "val_acc", "max")["lr"]
+    # the early-stopped 0.99 is not ranked by either
+    assert s.set_index("config/lr").loc[0.1, "n_counted"] == 0
+    assert final_table(df, ["lr"], "val_acc", "max").set_index("lr").loc[0.1, "winner"] == ""
+
+
+def test_study_sizes_come_from_the_study_modules():
+    chain = load_study("all")
+    parts = [load_study(name) for name in chain.chain]
+    assert chain.trial_epochs() == sum(len(next(iter(p.space.values()))) * p.base["epochs"] for p in parts) == 1845
+    assert chain.num_trials(seeds=3) == 3 * 9
+    assert load_study("lr").trial_epochs(seeds=2, epochs=4) == 3 * 2 * 4
+    assert study_order()[:5] == ["lr", "lrs", "wd", "mixup", "all"]

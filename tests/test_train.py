@@ -92,11 +92,29 @@ def test_resume_after_epoch_k_reproduces_uninterrupted_run(small_data, alpha, sc
             assert a.get(key) == b.get(key), key
 
 
-def test_checkpoint_of_another_configuration_is_refused(small_data):
+@pytest.mark.parametrize("field,value", [("model", "resnet18"), ("batch_size", 32), ("seed", 1), ("split_seed", 1),
+                                         ("val_fraction", 0.25), ("schedule", "cosine"), ("precision", "bf16")])
+def test_checkpoint_of_another_network_data_stream_or_precision_is_refused(small_data, field, value):
     cfg = TrainConfig(epochs=1, batch_size=64, device="cpu")
     _, states = _run(cfg, small_data)
-    with pytest.raises(CheckpointMismatch, match="lr: saved 0.05 vs 0.1"):
-        train(cfg.replace(lr=0.1), small_data, resume_from=states[1])
+    saved = states[1]["config"][field]
+    with pytest.raises(CheckpointMismatch, match=f"{field}: saved {saved!r} vs {value!r}"):
+        train(cfg.replace(epochs=2, **{field: value}), small_data, resume_from=states[1])
+
+
+def test_a_checkpoint_continues_under_new_lr_weight_decay_momentum_and_mixup(small_data):
+    """What PBT's exploit needs: the donor's weights and momentum, the clone's own hyperparameters."""
+    cfg = TrainConfig(epochs=2, batch_size=64, device="cpu")
+    _, states = _run(cfg, small_data)
+    mutated = cfg.replace(lr=0.02, weight_decay=1e-4, momentum=0.8, mixup_alpha=0.3)
+    rows, after = _run(mutated, small_data, resume_from=states[1])
+    assert [r["epoch"] for r in rows] == [2]
+    assert (rows[0]["lr"], rows[0]["weight_decay"], rows[0]["momentum"], rows[0]["mixup_alpha"]) == (0.02, 1e-4, 0.8, 0.3)
+    group = after[2]["optimizer"]["param_groups"][0]
+    assert (group["lr"], group["weight_decay"], group["momentum"]) == (0.02, 1e-4, 0.8)
+    # and it continued from the saved weights: the first parameter moved by one epoch of SGD from there
+    name = next(iter(states[1]["model"]))
+    assert not torch.equal(after[2]["model"][name], states[1]["model"][name])
 
 
 def test_divergence_ends_the_run_with_a_flag(small_data):

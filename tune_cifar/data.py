@@ -17,6 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from tune_cifar.storage import write_atomic
+
 NUM_CLASSES = 100
 IMAGE_SHAPE = (3, 32, 32)
 PAD = 4  # zero padding before the random 32x32 crop
@@ -160,10 +162,7 @@ def write_synthetic(out: str | os.PathLike, num_train: int = 2000, num_test: int
 
 
 def _atomic_pickle(obj: object, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        pickle.dump(obj, f, protocol=2)
-    os.replace(tmp, path)
+    write_atomic(path, pickle.dumps(obj, protocol=2))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,8 +1,8 @@
-"""Running a study through Ray Tune: param space, resources, storage layout, results table.
+"""Running a study through Ray Tune: param space, resources, the experiment folder, resume.
 
 Layout under the storage path (local, NFS, s3:// or gs://):
     <storage>/<study>/                 one Tune experiment per study
-        study.json                     what ran: study, space, base config, carried values, resources
+        study.json                     what ran: study, space, base config, carried values, options
         results.parquet                one row per trial and epoch (written when the study ends)
         <trial folders>/               Tune's params.json, result.json, checkpoints, our run_info.json
     <storage>/all/<study>/ ...         the chained study; <storage>/all/chain.json records what it carried
@@ -12,23 +12,17 @@ from __future__ import annotations
 
 import io
 import json
-import math
-import os
 import sys
-import tempfile
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from tune_cifar.config import TrainConfig
+from tune_cifar import results
 from tune_cifar.data import CifarData
+from tune_cifar.storage import is_nonempty_folder, is_uri, join, read_text, write_atomic
 from tune_cifar.studies import Study
-
-METRICS = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "diverged", "test_loss", "test_acc",
-           "images_per_s", "epoch_s", "timestamp"]
-CONFIG_FIELDS = [f.name for f in fields(TrainConfig)]
 
 
 class ExperimentError(RuntimeError):
@@ -46,35 +40,29 @@ class RunOptions:
     download: bool = True
     epochs: int | None = None  # overrides every study's epochs
     seeds: int = 1  # each configuration repeated with seeds 0..seeds-1
-    gpus_per_trial: float | None = None  # None: 0.25 when the cluster has GPUs, else 0
+    gpus_per_trial: float | None = None  # None: 0.25 on a cluster with GPUs unless device is cpu, else 0
     cpus_per_trial: float = 1.0
     max_concurrent: int | None = None
     max_failures: int = 2  # retries of a crashed trial, from its last checkpoint
     checkpoint_every: int = 1  # epochs
     resume: bool = False
     device: str = "auto"
-    extra: tuple[tuple[str, Any], ...] = ()  # further TrainConfig overrides (e.g. smoke's batch size)
+    extra: tuple[tuple[str, Any], ...] = ()  # further TrainConfig overrides (--set, smoke's sizes)
 
 
-def join(root: str, *parts: str) -> str:
-    """Path join that keeps URIs (s3://bucket/x) intact."""
-    if "://" in root:
-        return "/".join([root.rstrip("/"), *parts])
-    return str(Path(root, *parts).absolute())
-
-
-def is_uri(path: str) -> bool:
-    return "://" in path
+# Options a resumed experiment takes anew (the trainable and Tune's failure handling are rebuilt);
+# every other run option is part of the saved experiment, and a different value is refused.
+APPLIED_ON_RESUME = ("checkpoint_every", "max_failures")
+IDENTITY_OPTIONS = ("seeds", "epochs")  # they make another experiment, not another run of this one
+RECORDED_OPTIONS = ("seeds", "epochs", "gpus_per_trial", "cpus_per_trial", "max_concurrent", "max_failures",
+                    "checkpoint_every", "device")
 
 
 def param_space(study: Study, opts: RunOptions, carried: dict[str, Any]) -> dict[str, Any]:
     """A full TrainConfig dict with grid_search over the study's space (and seeds)."""
     from ray import tune
 
-    overrides = {"data_dir": opts.data_dir, "download": opts.download, "device": opts.device, **dict(opts.extra)}
-    if opts.epochs is not None:
-        overrides["epochs"] = opts.epochs
-    base = study.base_config(carried).replace(**overrides)
+    base = study.base_config(carried).replace(**_overrides(opts))
     study.configs(carried)  # validates every grid point before anything runs
     space: dict[str, Any] = base.to_dict()
     for key, values in study.space.items():
@@ -84,46 +72,74 @@ def param_space(study: Study, opts: RunOptions, carried: dict[str, Any]) -> dict
     return space
 
 
-def study_record(study: Study, opts: RunOptions, carried: dict[str, Any], resources: dict[str, float],
+def _overrides(opts: RunOptions) -> dict[str, Any]:
+    overrides = {"data_dir": opts.data_dir, "download": opts.download, "device": opts.device, **dict(opts.extra)}
+    if opts.epochs is not None:
+        overrides["epochs"] = opts.epochs
+    return overrides
+
+
+def resources(opts: RunOptions, cluster_gpus: float) -> dict[str, float]:
+    """What each trial asks Ray for. CPU trials ask for no GPU, so they are not capped by GPU shares."""
+    gpus = opts.gpus_per_trial
+    if gpus is None:
+        gpus = 0.25 if cluster_gpus > 0 and opts.device != "cpu" else 0.0
+    return {"cpu": opts.cpus_per_trial, "gpu": gpus}
+
+
+def study_record(study: Study, opts: RunOptions, carried: dict[str, Any], res: dict[str, float],
                  chain: str | None) -> dict[str, Any]:
-    space = param_space(study, opts, carried)
-    base = {k: (v if not isinstance(v, dict) else None) for k, v in space.items()}
-    return {"study": study.name, "description": study.description, "metric": study.metric, "mode": study.mode,
+    base = study.base_config(carried).replace(**_overrides(opts)).to_dict()
+    for key in study.space:
+        base[key] = None
+    return {"study": study.name, "title": study.title, "description": study.description, "metric": study.metric, "mode": study.mode,
             "space": study.space, "base": base, "carried": carried, "seeds": opts.seeds,
-            "resources": resources, "chain": chain}
+            "resources": res, "chain": chain, "options": {k: getattr(opts, k) for k in RECORDED_OPTIONS}}
 
 
-def read_text(path: str) -> str | None:
-    """A small file's text, or None when it does not exist; local paths and URIs alike."""
-    if is_uri(path):
-        import pyarrow.fs as pafs
-
-        fs, inner = pafs.FileSystem.from_uri(path)
-        if fs.get_file_info(inner).type != pafs.FileType.File:
-            return None
-        with fs.open_input_stream(inner) as f:
-            return f.read().decode()
-    return Path(path).read_text() if Path(path).is_file() else None
-
-
-def check_experiment_folder(path: str, record: dict[str, Any], resume: bool) -> None:
-    """Refuse to overwrite an experiment, or to resume one that is not there."""
-    folder = path
+def check_experiment_folder(path: str, record: dict[str, Any], resume: bool) -> dict[str, Any] | None:
+    """Refuse to overwrite an experiment, or to resume one that is not there; return the saved record."""
     existing = read_text(join(path, "study.json"))
-    saved = _parse_record(existing, folder) if existing is not None else None
+    saved = _parse_record(existing, path) if existing is not None else None
     if resume:
         if saved is None:
-            raise ExperimentError(f"nothing to resume at {folder}: no experiment there; drop --resume to start one")
+            raise ExperimentError(f"nothing to resume at {path}: no experiment there; drop --resume to start one")
         if _identity(saved) != _identity(record):
-            raise ExperimentError(f"{folder} holds a different experiment ({_describe(saved)}); it cannot be "
+            raise ExperimentError(f"{path} holds a different experiment ({_describe(saved)}); it cannot be "
                                   f"resumed as {_describe(record)}: pass the same options or another --storage-path")
-        return
+        return saved
     if saved is not None:
         what = "the same study" if _identity(saved) == _identity(record) else f"another experiment ({_describe(saved)})"
-        raise ExperimentError(f"{folder} already holds {what}; pass --resume to continue it, or choose another "
+        raise ExperimentError(f"{path} already holds {what}; pass --resume to continue it, or choose another "
                               f"--storage-path (nothing was overwritten)")
-    if not is_uri(path) and Path(path).exists() and any(Path(path).iterdir()):
-        raise ExperimentError(f"{folder} exists and is not an experiment of ours; choose another --storage-path")
+    if is_nonempty_folder(path):
+        raise ExperimentError(f"{path} exists and is not an experiment of ours; choose another --storage-path")
+    return None
+
+
+def resume_options(saved: dict[str, Any], opts: RunOptions, given: set[str]) -> RunOptions:
+    """The saved experiment's options, with the ones given on this command line applied where Tune can.
+
+    An option given with another value than the saved one is applied if it is in APPLIED_ON_RESUME;
+    otherwise it is refused by name (Tune restores its trials' resources, concurrency and search state
+    from its own saved state, so it would silently be ignored).
+    """
+    recorded = saved.get("options") or {}
+    for name in RECORDED_OPTIONS:
+        if name not in recorded:
+            continue
+        if name in given and getattr(opts, name) != recorded[name]:
+            if name in IDENTITY_OPTIONS:
+                continue  # another experiment: check_experiment_folder says so
+            if name not in APPLIED_ON_RESUME:
+                flag = "--" + name.replace("_", "-")
+                raise ExperimentError(
+                    f"{flag} {getattr(opts, name)} differs from the experiment's {recorded[name]} and cannot change "
+                    f"on --resume (Tune restores it from the saved experiment); drop {flag}, or start a new "
+                    f"experiment under another --storage-path")
+            continue
+        opts = replace(opts, **{name: recorded[name]})
+    return opts
 
 
 def _parse_record(text: str, folder: str) -> dict[str, Any]:
@@ -147,86 +163,24 @@ def _describe(record: dict[str, Any]) -> str:
     return f"study {record.get('study')!r}, space {record.get('space')}, seeds {record.get('seeds')}"
 
 
-def write_text(path: str, text: str | bytes) -> None:
-    """Atomic on local disks (temp file + rename); through pyarrow's filesystems for URIs."""
-    data = text.encode() if isinstance(text, str) else text
-    if is_uri(path):
-        import pyarrow.fs as pafs
+def results_frame(result_grid: Any, study: Study, res: dict[str, float]) -> pd.DataFrame:
+    """Every trial Tune knows, one row per epoch; a trial with no readable epoch keeps one empty row.
 
-        fs, inner = pafs.FileSystem.from_uri(path)
-        fs.create_dir(inner.rsplit("/", 1)[0], recursive=True)  # a no-op on object stores
-        with fs.open_output_stream(inner) as f:
-            f.write(data)
-        return
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=Path(path).parent, prefix=f".{Path(path).name}.")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
-def results_frame(result_grid: Any, study: Study, resources: dict[str, float]) -> pd.DataFrame:
-    """One row per trial and epoch; a trial restarted from a checkpoint keeps each epoch once (the last)."""
+    result.json is read line by line from the trial folder rather than through Tune's own
+    dataframe, which turns a file with one damaged line into no rows at all.
+    """
     frames = []
     for result in result_grid:
-        history = result.metrics_dataframe
-        if history is None or history.empty or "epoch" not in history:
-            continue
-        frame = history[[c for c in METRICS if c in history]].copy()
-        frame.insert(0, "study", study.name)
-        frame.insert(1, "trial_id", result.metrics.get("trial_id") or Path(result.path).name)
-        frame.insert(2, "seed", int(result.config["seed"]))
-        frame.insert(3, "status", "ERROR" if result.error else "TERMINATED")
-        for name in CONFIG_FIELDS:
-            frame[f"config/{name}"] = result.config.get(name)
-        frame["resources/cpu"] = resources["cpu"]
-        frame["resources/gpu"] = resources["gpu"]
-        frames.append(frame)
-    if not frames:
-        return pd.DataFrame(columns=["study", "trial_id", "seed", "status", *METRICS])
-    df = pd.concat(frames, ignore_index=True)
-    for col in METRICS:
-        if col not in df:
-            df[col] = math.nan
-    df = df.drop_duplicates(["trial_id", "epoch"], keep="last")
-    return df.sort_values(["trial_id", "epoch"]).reset_index(drop=True)
-
-
-def final_table(df: pd.DataFrame, study: Study) -> pd.DataFrame:
-    """Each configuration's final metrics (mean over seeds), the winner by the study's metric marked."""
-    keys = [f"config/{k}" for k in study.space]
-    last = df.sort_values("epoch").groupby("trial_id").tail(1)
-    cols = ["train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc"]
-    table = last.groupby(keys, dropna=False).agg(
-        seeds=("seed", "nunique"), epochs=("epoch", "max"), diverged=("diverged", "any"),
-        **{c: (c, "mean") for c in cols}).reset_index()
-    table.columns = [c.removeprefix("config/") for c in table.columns]
-    ranked = table[~table["diverged"].astype(bool)]
-    table["winner"] = ""
-    if not ranked.empty and ranked[study.metric].notna().any():
-        best = ranked[study.metric].idxmax() if study.mode == "max" else ranked[study.metric].idxmin()
-        table.loc[best, "winner"] = "*"
-    return table
-
-
-def winner(df: pd.DataFrame, study: Study) -> dict[str, Any]:
-    table = final_table(df, study)
-    row = table[table["winner"] == "*"]
-    if row.empty:
-        raise ExperimentError(f"study {study.name!r} has no finished, non-diverged configuration to carry forward")
-    return {k: _plain(row.iloc[0][k]) for k in study.space}
-
-
-def _plain(value: Any) -> Any:
-    return value.item() if hasattr(value, "item") else value
-
-
-def format_table(table: pd.DataFrame) -> str:
-    return table.to_string(index=False, float_format=lambda v: f"{v:.4f}")
+        text = read_text(join(result.path, "result.json")) or ""
+        records = results.parse_result_lines(text)
+        trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
+        frames.append(results.trial_frame(study.name, trial_id, dict(result.config), records,
+                                          errored=result.error is not None, ended=True, resources=res))
+    return results.combine(frames)
 
 
 def run_study(study: Study, data: CifarData, opts: RunOptions, storage: str, carried: dict[str, Any] | None = None,
-              chain: str | None = None) -> pd.DataFrame:
+              chain: str | None = None, given: set[str] = frozenset()) -> pd.DataFrame:
     """Run (or resume) one study under `<storage>/<study.name>`; return its results frame."""
     import ray
     from ray import tune
@@ -235,27 +189,35 @@ def run_study(study: Study, data: CifarData, opts: RunOptions, storage: str, car
 
     carried = carried or {}
     path = join(storage, study.name)
-    gpus = opts.gpus_per_trial
-    if gpus is None:
-        gpus = 0.25 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
-    resources = {"cpu": opts.cpus_per_trial, "gpu": gpus}
-    record = study_record(study, opts, carried, resources, chain)
-    check_experiment_folder(path, record, opts.resume)
+    if opts.resume:
+        existing = read_text(join(path, "study.json"))
+        if existing is not None:
+            opts = resume_options(_parse_record(existing, path), opts, given)
+    res = resources(opts, ray.cluster_resources().get("GPU", 0))
+    record = study_record(study, opts, carried, res, chain)
+    saved = check_experiment_folder(path, record, opts.resume)
+    if saved is not None:
+        res = saved.get("resources") or res
+        record = {**saved, "options": {k: getattr(opts, k) for k in RECORDED_OPTIONS}}
 
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, data=data,
                              options=TrialOptions(study=study.name, checkpoint_every=opts.checkpoint_every)),
-        resources,
+        res,
     )
-    if opts.resume and not tune.Tuner.can_restore(path):
+    resume = opts.resume
+    if resume and not tune.Tuner.can_restore(path):
         if is_uri(path) or any(p.is_dir() for p in Path(path).iterdir()):
             raise ExperimentError(f"nothing to resume at {path}: Tune saved no experiment state there")
-        opts = _replace(opts, resume=False)  # stopped between writing study.json and Tune's first save
-    if opts.resume:
+        resume = False  # stopped between writing study.json and Tune's first save
+    write_atomic(join(path, "study.json"), json.dumps(record, indent=2, default=str))
+    if resume:
         print(f"[{study.name}] resuming {path}", file=sys.stderr)
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
+        # Tune pickled the run config with the experiment; the failure budget is the one part a
+        # resumed run may change, and Tune reads it from this object when fit() starts.
+        tuner._local_tuner.get_run_config().failure_config = tune.FailureConfig(max_failures=opts.max_failures)
     else:
-        write_text(join(path, "study.json"), json.dumps(record, indent=2, default=str))
         tuner = tune.Tuner(
             trainable,
             param_space=param_space(study, opts, carried),
@@ -271,61 +233,64 @@ def run_study(study: Study, data: CifarData, opts: RunOptions, storage: str, car
                 failure_config=tune.FailureConfig(max_failures=opts.max_failures),
             ),
         )
-    n_trials = math.prod(len(v) for v in study.space.values()) * opts.seeds
-    print(f"[{study.name}] {study.description}\n[{study.name}] {n_trials} trials, {resources['cpu']} CPU and "
-          f"{resources['gpu']} GPU each, carried {carried or 'nothing'}; results in {path}", file=sys.stderr)
+    n_trials = study.num_trials(opts.seeds)
+    print(f"[{study.name}] {study.description}\n[{study.name}] {n_trials} trials, {res['cpu']} CPU and "
+          f"{res['gpu']} GPU each, carried {carried or 'nothing'}; results in {path}", file=sys.stderr)
     grid = tuner.fit()
     ended = grid.num_terminated + grid.num_errors
     if ended < n_trials:  # Tune returns normally on Ctrl-C/SIGTERM, with trials left unstarted or paused
         raise Interrupted(f"{ended} of {n_trials} trials of {study.name!r} ended; the rest are saved in {path}")
-    df = results_frame(grid, study, resources)
+    df = results_frame(grid, study, res)
     buf = io.BytesIO()
     df.to_parquet(buf, index=False)
-    write_text(join(path, "results.parquet"), buf.getvalue())
-    df.attrs["failed_trials"] = grid.num_errors  # a trial that failed before its first epoch has no rows
+    write_atomic(join(path, "results.parquet"), buf.getvalue())
+    df.attrs["failed_trials"] = grid.num_errors
+    empty = results.trials_without_results(df)
+    if empty:
+        print(f"[{study.name}] {len(empty)} trial(s) have no results (no epoch was recorded): {', '.join(empty)}",
+              file=sys.stderr)
     if grid.num_errors:
         print(f"[{study.name}] {grid.num_errors} trial(s) failed; see {path}; `--resume` retries them", file=sys.stderr)
     return df
 
 
-def run(study: Study, data: CifarData, opts: RunOptions) -> dict[str, pd.DataFrame]:
+def run(study: Study, data: CifarData, opts: RunOptions, given: set[str] = frozenset()) -> dict[str, pd.DataFrame]:
     """Run a study, or a chain of studies each carrying the earlier winners; print each table."""
     from tune_cifar.studies import load_study
 
     if not study.chain:
-        df = run_study(study, data, opts, opts.storage_path)
+        df = run_study(study, data, opts, opts.storage_path, given=given)
         _print_table(df, study)
         return {study.name: df}
     storage = join(opts.storage_path, study.name)
     carried: dict[str, Any] = {}
     chain_log: dict[str, Any] = {"order": list(study.chain), "carried": {}, "winners": {}}
-    results = {}
+    frames = {}
     for name in study.chain:
         sub = load_study(name)
         chain_log["carried"][name] = dict(carried)
         sub_opts = opts
         if opts.resume and read_text(join(storage, name, "study.json")) is None:
-            sub_opts = _replace(opts, resume=False)  # the chain stopped before this study began
-        df = run_study(sub, data, sub_opts, storage, carried, chain=study.name)
+            sub_opts = replace(opts, resume=False)  # the chain stopped before this study began
+        df = run_study(sub, data, sub_opts, storage, carried, chain=study.name, given=given)
         _print_table(df, sub)
-        results[name] = df
-        won = winner(df, sub)
+        frames[name] = df
+        won = results.winner(df, list(sub.space), sub.metric, sub.mode)
+        if won is None:
+            raise ExperimentError(f"study {name!r} has no finished configuration to carry forward "
+                                  f"(every trial crashed, was interrupted or stopped early); see {join(storage, name)}")
         chain_log["winners"][name] = won
         carried = {**carried, **won}
-        write_text(join(storage, "chain.json"), json.dumps(chain_log, indent=2, default=str))
-    return results
-
-
-def _replace(opts: RunOptions, **changes: Any) -> RunOptions:
-    return RunOptions(**{**{f.name: getattr(opts, f.name) for f in fields(RunOptions)}, **changes})
+        write_atomic(join(storage, "chain.json"), json.dumps(chain_log, indent=2, default=str))
+    return frames
 
 
 def _print_table(df: pd.DataFrame, study: Study) -> None:
     if df.empty:
         print(f"\n== {study.name}: no results ==", flush=True)
         return
-    table = final_table(df, study)
-    print(f"\n== {study.name}: {study.description}\n{format_table(table)}", flush=True)
+    table = results.final_table(df, list(study.space), study.metric, study.mode)
+    print(f"\n== {study.name}: {study.description}\n{results.format_table(table)}", flush=True)
     won = table[table["winner"] == "*"]
     if not won.empty:
         values = ", ".join(f"{k}={won.iloc[0][k]}" for k in study.space)

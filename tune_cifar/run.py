@@ -22,7 +22,9 @@ if __name__ == "__main__" and not __package__:
 
 from tune_cifar.config import ConfigError, TrainConfig  # noqa: E402
 from tune_cifar.data import DataError, load_cifar100, read_cifar100, write_synthetic  # noqa: E402
-from tune_cifar.experiment import ExperimentError, Interrupted, RunOptions, is_uri, run  # noqa: E402
+from tune_cifar.experiment import ExperimentError, Interrupted, RunOptions, run  # noqa: E402
+from tune_cifar.schema import DEVICES  # noqa: E402
+from tune_cifar.storage import is_uri  # noqa: E402
 from tune_cifar.studies import StudyError, available_studies, load_study  # noqa: E402
 
 SMOKE = dict(train=500, test=100, epochs=2)  # generated images; the real MobileNet, 2 epochs
@@ -36,18 +38,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--data-dir", default="./data", help="CIFAR-100 folder; downloaded there when missing (default ./data)")
     p.add_argument("--no-download", dest="download", action="store_false", help="never download; fail if data is missing")
     p.add_argument("--epochs", type=int, help="override every study's epochs")
-    p.add_argument("--seeds", type=int, default=1, help="repeat every configuration with seeds 0..N-1 (default 1)")
+    p.add_argument("--seeds", type=int, help="repeat every configuration with seeds 0..N-1 (default 1)")
     p.add_argument("--gpus-per-trial", type=float,
                    help="GPU share per trial (default 0.25 when the cluster has GPUs, else 0)")
-    p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (default 1)")
+    p.add_argument("--cpus-per-trial", type=float, help="CPUs per trial (default 1)")
     p.add_argument("--storage-path", default="./results",
                    help="where experiments go: a local path, NFS, s3:// or gs:// (default ./results)")
     p.add_argument("--address", default=None, help="Ray cluster to join (default RAY_ADDRESS, else a local Ray)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted experiment (Tuner.restore)")
     p.add_argument("--max-concurrent", type=int, help="at most this many trials at once")
-    p.add_argument("--max-failures", type=int, default=2, help="retries of a crashed trial from its checkpoint (default 2)")
-    p.add_argument("--checkpoint-every", type=int, default=1, help="epochs between checkpoints (default 1)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--max-failures", type=int, help="retries of a crashed trial from its checkpoint (default 2)")
+    p.add_argument("--checkpoint-every", type=int, help="epochs between checkpoints (default 1)")
+    p.add_argument("--device", choices=DEVICES, help="where trials train (default auto: cuda when the trial has a GPU)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                    help="fix a TrainConfig field for every trial, e.g. --set batch_size=256 (repeatable)")
     return p.parse_args(argv)
@@ -57,14 +59,17 @@ def validate(args: argparse.Namespace) -> None:
     """Bad option values, caught before Ray starts or anything is written."""
     g = args.gpus_per_trial
     problems = [
-        (args.seeds < 1, f"--seeds must be >= 1, not {args.seeds}"),
+        (args.seeds is not None and args.seeds < 1, f"--seeds must be >= 1, not {args.seeds}"),
         (args.epochs is not None and args.epochs < 1, f"--epochs must be >= 1, not {args.epochs}"),
         (g is not None and (g < 0 or (g > 1 and not float(g).is_integer())),
          f"--gpus-per-trial must be a fraction in [0, 1] or a whole number of GPUs, not {g}"),
-        (args.cpus_per_trial <= 0, f"--cpus-per-trial must be > 0, not {args.cpus_per_trial}"),
+        (g and args.device == "cpu",
+         f"--gpus-per-trial {g} with --device cpu: CPU trials use no GPU; drop --gpus-per-trial or use --device auto"),
+        (args.cpus_per_trial is not None and args.cpus_per_trial <= 0,
+         f"--cpus-per-trial must be > 0, not {args.cpus_per_trial}"),
         (args.max_concurrent is not None and args.max_concurrent < 1, "--max-concurrent must be >= 1"),
-        (args.max_failures < 0, "--max-failures must be >= 0"),
-        (args.checkpoint_every < 1, "--checkpoint-every must be >= 1"),
+        (args.max_failures is not None and args.max_failures < 0, "--max-failures must be >= 0"),
+        (args.checkpoint_every is not None and args.checkpoint_every < 1, "--checkpoint-every must be >= 1"),
     ]
     for bad, message in problems:
         if bad:
@@ -95,15 +100,21 @@ def _check_writable(path: Path) -> None:
                           f"pass --storage-path with a folder you can write")
 
 
-def options(args: argparse.Namespace, data_dir: str) -> RunOptions:
-    return RunOptions(
-        storage_path=args.storage_path, data_dir=data_dir, download=args.download,
-        epochs=SMOKE["epochs"] if args.smoke and args.epochs is None else args.epochs,
-        seeds=args.seeds, gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial,
-        max_concurrent=args.max_concurrent, max_failures=args.max_failures,
-        checkpoint_every=args.checkpoint_every, resume=args.resume, device=args.device,
-        extra=tuple(overrides(args).items()),
-    )
+# Run options a command line may leave out; left out, they take RunOptions' defaults, or on --resume
+# the values the experiment was started with.
+OPTIONAL = ("epochs", "seeds", "gpus_per_trial", "cpus_per_trial", "max_concurrent", "max_failures",
+            "checkpoint_every", "device")
+
+
+def options(args: argparse.Namespace, data_dir: str) -> tuple[RunOptions, set[str]]:
+    """The run options, and the names of those the command line gave."""
+    given = {name for name in OPTIONAL if getattr(args, name) is not None}
+    values = {name: getattr(args, name) for name in given}
+    if args.smoke and args.epochs is None:
+        values["epochs"] = SMOKE["epochs"]
+    opts = RunOptions(storage_path=args.storage_path, data_dir=data_dir, download=args.download,
+                      resume=args.resume, extra=tuple(overrides(args).items()), **values)
+    return opts, given
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             data, data_dir = load_cifar100(args.data_dir, args.download), str(Path(args.data_dir).absolute())
         _start_ray(args.address)
-        frames = run(study, data, options(args, data_dir))
+        opts, given = options(args, data_dir)
+        frames = run(study, data, opts, given)
     except (ConfigError, DataError, StudyError, ExperimentError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

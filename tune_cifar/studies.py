@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import itertools
+import math
 import pkgutil
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +21,7 @@ class StudyError(ValueError):
 class Study:
     name: str
     description: str
+    title: str = ""  # a few words for headings (the module's TITLE; default: the name)
     base: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields fixed by the study
     space: dict[str, list[Any]] = field(default_factory=dict)  # field -> values, crossed as a grid
     metric: str = "val_acc"
@@ -36,9 +38,30 @@ class Study:
         carried = {k: v for k, v in (carried or {}).items() if k not in self.space}
         return TrainConfig.from_dict({**self.base, **carried})
 
+    def num_trials(self, seeds: int = 1) -> int:
+        if self.chain:
+            return sum(load_study(name).num_trials(seeds) for name in self.chain)
+        return math.prod(len(v) for v in self.space.values()) * seeds
+
+    def trial_epochs(self, seeds: int = 1, epochs: int | None = None) -> int:
+        """Epochs summed over every trial when each runs to its end (the study's size)."""
+        if self.chain:
+            return sum(load_study(name).trial_epochs(seeds, epochs) for name in self.chain)
+        return self.num_trials(seeds) * (epochs or self.base_config().epochs)
+
 
 def available_studies() -> list[str]:
     return sorted(m.name for m in pkgutil.iter_modules(search_spaces.__path__) if not m.name.startswith("_"))
+
+
+def study_order() -> list[str]:
+    """The order studies are listed and reported in: each chain's studies in chain order, then the
+    chain itself, then every other study by name."""
+    order: list[str] = []
+    studies = [load_study(name) for name in available_studies()]
+    for chain in (s for s in studies if s.chain):
+        order += [name for name in (*chain.chain, chain.name) if name not in order]
+    return order + [s.name for s in studies if s.name not in order]
 
 
 def load_study(name: str) -> Study:
@@ -49,10 +72,10 @@ def load_study(name: str) -> Study:
     if hasattr(module, "CHAIN"):
         for sub in module.CHAIN:
             load_study(sub)
-        return Study(name, description, chain=tuple(module.CHAIN))
+        return Study(name, description, getattr(module, "TITLE", name), chain=tuple(module.CHAIN))
     if not hasattr(module, "SPACE"):
         raise StudyError(f"search_spaces/{name}.py defines neither SPACE nor CHAIN")
-    study = Study(name, description, dict(getattr(module, "BASE", {})), {k: list(v) for k, v in module.SPACE.items()},
+    study = Study(name, description, getattr(module, "TITLE", name), dict(getattr(module, "BASE", {})), {k: list(v) for k, v in module.SPACE.items()},
                   getattr(module, "METRIC", "val_acc"), getattr(module, "MODE", "max"))
     if study.mode not in ("max", "min"):
         raise StudyError(f"search_spaces/{name}.py: MODE must be 'max' or 'min', not {study.mode!r}")

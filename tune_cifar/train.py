@@ -136,6 +136,8 @@ class TrainState:
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
+            for group in self.optimizer.param_groups:  # the saved groups hold the saving run's values
+                group.update(weight_decay=self.cfg.weight_decay, momentum=self.cfg.momentum)
             self.epoch = int(state["epoch"])
             torch.set_rng_state(state["torch_rng"])
         except (KeyError, RuntimeError, TypeError, ValueError) as e:

@@ -19,6 +19,7 @@ from ray import tune
 from tune_cifar.config import TrainConfig
 from tune_cifar.data import CifarData
 from tune_cifar.provenance import provenance
+from tune_cifar.storage import write_atomic
 from tune_cifar.train import CheckpointMismatch, TrainState, train
 
 CHECKPOINT_FILE = "state.pt"
@@ -31,18 +32,19 @@ class TrialOptions:
 
 
 def train_trial(config: dict[str, Any], data: CifarData, options: TrialOptions = TrialOptions()) -> None:
-    cfg = TrainConfig.from_dict(config)
     gpu_ids = [str(g) for g in ray.get_gpu_ids()]
-    if cfg.device == "auto":
-        cfg = cfg.replace(device="cuda" if gpu_ids and torch.cuda.is_available() else "cpu")
+    trial_dir = Path(tune.get_context().get_trial_dir())
+    resume_from = _load_checkpoint(tune.get_checkpoint())
+    earlier = [(resume_from or {}).get("config", {}).get("precision"),
+               _read_run_info(trial_dir).get("config", {}).get("precision")]
+    cfg = resolve_once(TrainConfig.from_dict(config), next((p for p in earlier if p in ("fp32", "bf16")), None),
+                       bool(gpu_ids))
     cpus = tune.get_context().get_trial_resources().required_resources.get("CPU", 1)
     torch.set_num_threads(max(1, int(cpus)))
-    trial_dir = Path(tune.get_context().get_trial_dir())
     _write_run_info(trial_dir, cfg, options, gpu_ids)
 
-    resume_from = _load_checkpoint(tune.get_checkpoint())
-
     def report(metrics: dict[str, Any], state: TrainState) -> None:
+        metrics = {**metrics, "device": cfg.device, "precision": cfg.precision}
         last = state.epoch == cfg.epochs or metrics["diverged"]
         if last or state.epoch % options.checkpoint_every == 0:
             with tempfile.TemporaryDirectory() as tmp:
@@ -60,6 +62,31 @@ def train_trial(config: dict[str, Any], data: CifarData, options: TrialOptions =
         train(cfg, data, report, None)
 
 
+def resolve_once(cfg: TrainConfig, earlier_precision: str | None, has_gpu: bool) -> TrainConfig:
+    """Device for this start (a restart may land on another node), precision once per trial.
+
+    The first start resolves "auto" (bf16 on CUDA, fp32 on CPU) and records it in run_info.json
+    and in every checkpoint; later starts of an "auto" trial keep that precision, so one trial never
+    mixes bf16 and fp32 epochs. An explicit precision is never changed.
+    """
+    device = cfg.device
+    if device == "auto":
+        device = "cuda" if has_gpu and torch.cuda.is_available() else "cpu"
+    precision = cfg.precision
+    if precision == "auto" and earlier_precision:
+        precision = earlier_precision
+    if precision == "auto":
+        precision = "bf16" if device == "cuda" else "fp32"
+    return cfg.replace(device=device, precision=precision)
+
+
+def _read_run_info(trial_dir: Path) -> dict[str, Any]:
+    try:
+        return json.loads((trial_dir / "run_info.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def _load_checkpoint(checkpoint: tune.Checkpoint | None) -> dict[str, Any] | None:
     """The saved TrainState, or None (with a message) when the checkpoint cannot be read."""
     if checkpoint is None:
@@ -74,15 +101,9 @@ def _load_checkpoint(checkpoint: tune.Checkpoint | None) -> dict[str, Any] | Non
 
 def _write_run_info(trial_dir: Path, cfg: TrainConfig, options: TrialOptions, gpu_ids: list[str]) -> None:
     """What produced this trial, beside its results; restarts are appended, not overwritten."""
-    path = trial_dir / "run_info.json"
     ctx = tune.get_context()
     resources = ctx.get_trial_resources().required_resources
-    starts = []
-    if path.exists():
-        try:
-            starts = json.loads(path.read_text()).get("starts", [])
-        except (OSError, ValueError):
-            pass
+    starts = _read_run_info(trial_dir).get("starts", [])
     info = {
         "study": options.study,
         "trial_id": ctx.get_trial_id(),
@@ -98,7 +119,4 @@ def _write_run_info(trial_dir: Path, cfg: TrainConfig, options: TrialOptions, gp
         "starts": starts + [time.time()],
         **provenance(),
     }
-    trial_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(info, indent=2, default=str))
-    os.replace(tmp, path)
+    write_atomic(trial_dir / "run_info.json", json.dumps(info, indent=2, default=str))

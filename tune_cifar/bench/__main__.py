@@ -1,0 +1,5 @@
+import sys
+
+from tune_cifar.bench.cli import main
+
+sys.exit(main())

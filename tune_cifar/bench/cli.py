@@ -1,0 +1,90 @@
+"""`python -m tune_cifar.bench`: parse the sizes, run the parts, print the table, write the JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from typing import Any
+
+from tune_cifar.bench.augment import bench_augment
+from tune_cifar.bench.common import log
+from tune_cifar.bench.pack import bench_pack, pack_worker
+from tune_cifar.bench.report import format_table, machine, projection
+from tune_cifar.bench.training import bench_train
+from tune_cifar.bench.tune import bench_tune
+from tune_cifar.train import pick_device
+
+
+def run_bench(args: argparse.Namespace) -> dict[str, Any]:
+    device = pick_device(args.device)
+    if os.getloadavg()[0] > 0.5 * len(os.sched_getaffinity(0)):
+        log(f"warning: load average {os.getloadavg()[0]:.1f} on {len(os.sched_getaffinity(0))} cores; other "
+            f"processes will distort the figures (see load_average_1m in the JSON)")
+    result: dict[str, Any] = {"machine": machine(device), "data": args.data_dir or "synthetic",
+                              "sizes": {k: v for k, v in vars(args).items() if k not in ("json", "worker", "threads")}}
+    if not args.skip_augment:
+        result["augment"] = bench_augment(args, device)
+    if not args.skip_train:
+        result["train"] = bench_train(args, device)
+    if not args.skip_pack:
+        result["pack"] = bench_pack(args, device)
+    result["tune"] = None if args.skip_tune else bench_tune(args, device)
+    result["projection"] = projection(result, device)
+    result["load_average_1m_at_end"] = os.getloadavg()[0]
+    if device.type == "cpu" and result.get("pack"):
+        k1 = next((row for row in result["pack"]["rows"] if row["k"] == 1), None)
+        result["trial_memory_mib"] = k1["peak_memory_mib"] if k1 else None  # peak RSS of one training process
+    elif result["projection"]:
+        result["trial_memory_mib"] = result["projection"].get("trial_memory_mib")
+    two = (result.get("augment") or {}).get("dataloader", {}).get("2")
+    result["augment_speedup"] = two["speedup"] if two else None
+    result["train_speedup"] = (result.get("train") or {}).get("speedup")
+    result["tune_overhead_s_per_trial"] = (result["tune"] or {}).get("overhead_s_per_trial")
+    return result
+
+
+def int_list(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v.strip()]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m tune_cifar.bench", description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--json", metavar="PATH", help="write every figure here as JSON")
+    p.add_argument("--data-dir", help="folder holding cifar-100-python/ (default: generated images)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--augment-images", type=int, default=8192, help="images per augmentation pass")
+    p.add_argument("--workers", type=int_list, default=[0, 2], help="DataLoader workers to compare against")
+    p.add_argument("--repeats", type=int, default=3, help="rounds of timed augmentation passes; the fastest counts")
+    p.add_argument("--train-steps", type=int, default=10, help="training steps per timed epoch")
+    p.add_argument("--train-repeats", type=int, default=2, help="rounds of timed epochs; each loop's fastest counts")
+    p.add_argument("--ref-workers", type=int, default=2, help="DataLoader workers of the reference loop")
+    p.add_argument("--eval-images", type=int, default=500, help="val and test images in the training part")
+    p.add_argument("--pack", type=int_list, default=[1, 2, 4, 8], help="process counts K to pack on one device")
+    p.add_argument("--pack-steps", type=int, default=3, help="timed steps per packed process")
+    p.add_argument("--tune-trials", type=int, default=8)
+    p.add_argument("--tune-images", type=int, default=64, help="training images per Tune trial")
+    p.add_argument("--tune-epochs", type=int, default=2)
+    for part in ("augment", "train", "pack", "tune"):
+        p.add_argument(f"--skip-{part}", action="store_true")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # a packing child process
+    p.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if min(args.batch_size, args.augment_images, args.train_steps, args.train_repeats, args.pack_steps, args.eval_images,
+           args.tune_trials, args.tune_images, args.tune_epochs, args.repeats, *args.pack) < 1:
+        p.error("sizes, counts and K must be >= 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.worker:
+        return pack_worker(args)
+    result = run_bench(args)
+    print(format_table(result), flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+        log(f"wrote {args.json}")
+    return 0

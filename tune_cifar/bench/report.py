@@ -1,0 +1,125 @@
+"""The machine, the projection of the `all` study, and the printed table."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+from typing import Any
+
+import torch
+
+from tune_cifar.studies import load_study
+
+TRAIN_IMAGES, VAL_IMAGES, TEST_IMAGES = 40_000, 10_000, 10_000  # per epoch: train + val; per trial: test once
+FULL_DATA_BYTES = (50_000 + 10_000) * 3 * 32 * 32  # the uint8 splits a real trial keeps on its device
+PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense, by GPU name substring
+PROJECTED_STUDY = "all"  # the report's whole chain
+
+
+def projection(result: dict[str, Any], device: torch.device) -> dict[str, Any] | None:
+    train_part = result.get("train")
+    if not train_part:
+        return None
+    best = train_part["ours"][train_part["default_variant"]]
+    study = load_study(PROJECTED_STUDY)
+    trial_epochs, n_trials = study.trial_epochs(), study.num_trials()
+    seconds = (trial_epochs * (TRAIN_IMAGES / best["images_per_s"] + VAL_IMAGES / best["eval_images_per_s"])
+               + n_trials * TEST_IMAGES / best["eval_images_per_s"])
+    packing = (result.get("pack") or {}).get("packing_factor") or 1.0
+    out = {"variant": train_part["default_variant"], "study": PROJECTED_STUDY, "trial_epochs": trial_epochs,
+           "device_hours": seconds / 3600, "device_hours_packed": seconds / 3600 / max(packing, 1.0),
+           "packing_factor": packing}
+    name = result["machine"]["device_name"]
+    peak = next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None) if device.type == "cuda" else None
+    achieved = train_part["train_gflop_per_image"] * 1e9 * best["images_per_s"]
+    out.update(achieved_tflops=achieved / 1e12, peak_tflops=peak / 1e12 if peak else None,
+               fraction_of_peak=achieved / peak if peak else None)
+    if device.type == "cuda" and "peak_memory_mib" in best:
+        bench_bytes = (train_part["steps"] * train_part["batch_size"]) * 3 * 32 * 32
+        out["trial_memory_mib"] = best["peak_memory_mib"] + (FULL_DATA_BYTES - bench_bytes) / 2**20
+    return out
+
+
+def machine(device: torch.device) -> dict[str, Any]:
+    try:
+        ray_version = importlib.metadata.version("ray")  # without importing it
+    except importlib.metadata.PackageNotFoundError:
+        ray_version = None
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
+    if device.type == "cpu":
+        try:
+            with open("/proc/cpuinfo") as f:
+                name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+        except (OSError, StopIteration):
+            pass
+    return {"device": device.type, "device_name": name, "cpu_cores": len(os.sched_getaffinity(0)),
+            "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "ray": ray_version,
+            "load_average_1m": os.getloadavg()[0],
+            "python": platform.python_version()}
+
+
+def fmt(v: float | None, spec: str = ",.0f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def format_table(r: dict[str, Any]) -> str:
+    m = r["machine"]
+    lines = [f"tune_cifar.bench on {m['device']} ({m['device_name']}, {m['cpu_cores']} cores), torch {m['torch']}, "
+             f"ray {m['ray'] or 'not installed'}, data {r['data']}; load average {m['load_average_1m']:.2f} at "
+             f"start, {r['load_average_1m_at_end']:.2f} at end"]
+    if r.get("augment"):
+        a = r["augment"]
+        lines += [f"\n1. augmentation + batching ({a['images']} images, batch {a['batch_size']})",
+                  f"   {'pipeline':<50}{'images/s':>12}{'ours is':>10}",
+                  f"   {'ours: on-device gather, crop_flip, normalise':<50}{fmt(a['ours_images_per_s']):>12}{'':>10}"]
+        for w, d in a["dataloader"].items():
+            lines.append(f"   {f'torchvision transforms, DataLoader {w} workers':<50}{fmt(d['images_per_s']):>12}"
+                         f"{fmt(d['speedup'], '.1f') + 'x':>10}")
+    if r.get("train"):
+        t = r["train"]
+        lines += [f"\n2. training MobileNet ({t['steps']} steps of {t['batch_size']} per timed epoch, each after a warm-up "
+                  f"epoch; fastest of {t['repeats']} rounds; {t['train_gflop_per_image']:.3f} GFLOP/image)",
+                  f"   {'loop':<50}{'images/s':>12}{'ms/step':>10}{'vs ref':>8}",
+                  f"   {'reference: template, DataLoader ' + str(t['reference']['dataloader_workers']) + ' workers, fp32':<50}"
+                  f"{fmt(t['reference']['images_per_s']):>12}{fmt(t['reference']['ms_per_step']):>10}{'1.00x':>8}"]
+        for name, v in t["ours"].items():
+            label = f"ours {name}" + (" (default)" if v["default"] else "")
+            lines.append(f"   {label:<50}{fmt(v['images_per_s']):>12}{fmt(v['ms_per_step']):>10}"
+                         f"{fmt(v['speedup'], '.2f') + 'x':>8}")
+        if "host_syncs_per_step" in t:
+            lines.append(f"   host syncs per step in our loop: {fmt(t['host_syncs_per_step'], '.2f')}")
+    if r.get("pack"):
+        p = r["pack"]
+        lines += [f"\n3. packing: K processes training at once on one {m['device']} ({p['steps']} steps of "
+                  f"{p['batch_size']} each)",
+                  f"   {'K':>3}{'threads':>9}{'total images/s':>16}{'per process':>13}{'vs K=1':>8}{'peak MiB/proc':>15}"]
+        for row in p["rows"]:
+            lines.append(f"   {row['k']:>3}{fmt(row['threads'], 'd') if row['threads'] else '-':>9}"
+                         f"{fmt(row['images_per_s']):>16}{fmt(row['per_process_images_per_s']):>13}"
+                         f"{fmt(row['vs_k1'], '.2f') + 'x':>8}{fmt(row['peak_memory_mib']):>15}")
+    if "tune" in r:
+        t = r["tune"]
+        if t is None:
+            lines.append("\n4. Tune overhead: skipped (Ray not installed or --skip-tune)")
+        else:
+            lines += [f"\n4. Tune overhead ({t['trials']} trials x {t['epochs']} epochs on {t['train_images']} images, "
+                      f"one at a time with every core, in both)",
+                      f"   one after another in one process   {t['sequential_s']:8.1f} s",
+                      f"   through Tune (run_study)             {t['tune_fit_s']:8.1f} s  (+ ray.init {t['ray_init_s']:.1f} s)",
+                      f"   overhead per trial {t['overhead_s_per_trial']:.2f} s, per reported result "
+                      f"{t['overhead_s_per_result']:.2f} s"]
+    if r.get("projection"):
+        q = r["projection"]
+        lines += [f"\nprojection of the `{q['study']}` study ({q['trial_epochs']} trial-epochs of 40k train + 10k val images) "
+                  f"with ours {q['variant']}: {q['device_hours']:.1f} {m['device']}-hours one trial at a time, "
+                  f"{q['device_hours_packed']:.1f} packed ({q['packing_factor']:.2f}x)",
+                  f"achieved {q['achieved_tflops']:.3f} TFLOP/s of training; peak "
+                  f"{fmt(q['peak_tflops'], '.0f') if q['peak_tflops'] else 'unknown'} TFLOP/s"
+                  + (f" ({100 * q['fraction_of_peak']:.1f}%)" if q['fraction_of_peak'] else "")]
+        if "trial_memory_mib" in q:
+            lines.append(f"one trial's device memory: {q['trial_memory_mib']:,.0f} MiB (peak allocated, with the full "
+                         f"CIFAR-100 resident); choose --gpus-per-trial from it")
+    lines.append(f"\naugment_speedup {fmt(r['augment_speedup'], '.2f')}  train_speedup {fmt(r['train_speedup'], '.2f')}  "
+                 f"tune_overhead_s_per_trial {fmt(r['tune_overhead_s_per_trial'], '.2f')}")
+    return "\n".join(lines)

@@ -1,0 +1,85 @@
+"""The one rule that ranks a study's configurations; the runner's winner and the report's use it. Torch-free.
+
+- Which trials count: those that ended on purpose, i.e. reached their final epoch (`finished`) or
+  stopped because their loss turned non-finite (`diverged`). Crashed (`error`), interrupted
+  (`incomplete`) and scheduler-stopped (`stopped_early`) trials do not count: their last epoch
+  is not the final one, so averaging it in would compare a configuration at epoch 3 with one at
+  epoch 300. A scheduler's survivors reached their final epoch and count as `finished`.
+- A configuration's score is the mean over its counted trials (seeds) of the final-epoch metric.
+  A configuration with no counted trial is not ranked.
+- A configuration with a diverged seed ranks below every configuration without one, whatever its
+  mean: a setting that sometimes blows up is not a winner.
+- Equal scores break by the configuration's values in ascending order (the smaller lr, the
+  earlier name), so the pick is the same on every run and every machine.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import pandas as pd
+
+from tune_cifar.schema import DIVERGED, FINISHED
+
+COUNTED = (FINISHED, DIVERGED)
+
+
+def counts(status: str) -> bool:
+    return status in COUNTED
+
+
+def score_configurations(trials: pd.DataFrame, keys: Sequence[str], metric: str) -> pd.DataFrame:
+    """One row per configuration (the `keys` columns) from one row per trial (`status`, `metric`).
+
+    Columns added: `score` (mean of `metric` over counted trials), `n_counted`, `n_trials`, `diverged`
+    (any counted trial diverged).
+    """
+    t = trials.assign(_counted=trials["status"].map(counts),
+                      _diverged=trials["status"] == DIVERGED,
+                      _value=pd.to_numeric(trials[metric], errors="coerce"))
+    t["_counted_value"] = t["_value"].where(t["_counted"])
+    grouped = t.groupby(list(keys), dropna=False, sort=False)
+    out = grouped.agg(score=("_counted_value", "mean"), n_counted=("_counted", "sum"),
+                      n_trials=("status", "size"), diverged=("_diverged", "any")).reset_index()
+    out["n_counted"] = out["n_counted"].astype(int)
+    return out
+
+
+def rank(configs: pd.DataFrame, keys: Sequence[str], mode: str, score: str = "score") -> pd.DataFrame:
+    """`configs` sorted best first, with `rank` 1, 2, ... (NaN for configurations with no counted trial).
+
+    Needs the columns `keys`, `score`, `n_counted` and `diverged` (as score_configurations makes them).
+    """
+    if mode not in ("max", "min"):
+        raise ValueError(f"mode must be 'max' or 'min', not {mode!r}")
+    rankable = (configs["n_counted"] > 0) & configs[score].notna()
+    order = pd.DataFrame({
+        "_unranked": ~rankable,
+        "_diverged": configs["diverged"].astype(bool),
+        "_score": -configs[score] if mode == "max" else configs[score],
+    }, index=configs.index)
+    for i, key in enumerate(keys):
+        order[f"_k{i}"] = configs[key].map(_sort_value)
+    order = order.sort_values(list(order.columns), kind="stable", na_position="last")
+    out = configs.loc[order.index].copy()
+    out["rank"] = [float(i + 1) if ok else math.nan for i, ok in enumerate(rankable.loc[order.index])]
+    return out
+
+
+def best(configs: pd.DataFrame, keys: Sequence[str], mode: str, score: str = "score") -> pd.Series | None:
+    """The winning configuration's row, or None when nothing can be ranked."""
+    ordered = rank(configs, keys, mode, score)
+    return ordered.iloc[0] if len(ordered) and ordered["rank"].iloc[0] == 1 else None
+
+
+def _sort_value(value: Any) -> tuple:
+    """Numbers before strings, each in natural order; NaN/None last."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return (2, 0.0, "")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (0, float(value), "")
+    try:
+        return (0, float(value), "")  # numpy scalars
+    except (TypeError, ValueError):
+        return (1, 0.0, str(value))

@@ -1,0 +1,141 @@
+"""Tune's trials -> results.parquet's frame, and the runner's final table and winner. Torch-free.
+
+results.parquet has one row per trial and epoch; a trial with no readable epoch still has one row
+(epoch and metrics empty) so that every trial Tune knows is accounted for.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import fields
+from typing import Any, Iterable, Sequence
+
+import pandas as pd
+
+from tune_cifar import ranking
+from tune_cifar.config import TrainConfig
+from tune_cifar.schema import DIVERGED, ERROR, FINAL_METRICS, FINISHED, INCOMPLETE, METRICS, STOPPED_EARLY
+
+CONFIG_FIELDS = tuple(f.name for f in fields(TrainConfig))
+KEY_COLUMNS = ("study", "trial_id", "seed", "status")
+RUNTIME_KEYS = ("device", "precision")  # reported by the trainable as resolved; they override the config's "auto"
+
+
+def parse_result_lines(text: str) -> list[dict[str, Any]]:
+    """Tune's result.json, one JSON object per line, read so that no complete record is lost.
+
+    A kill can cut a line short; Tune then appends the resumed trial's next record to that same
+    line. The cut part is dropped and the record after it kept.
+    """
+    decoder = json.JSONDecoder()
+    records = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            records.append(json.loads(line))
+            continue
+        except json.JSONDecodeError:
+            pass
+        for start in (i for i, ch in enumerate(line) if ch == "{" and i > 0):
+            try:
+                obj, end = decoder.raw_decode(line, start)
+            except json.JSONDecodeError:
+                continue
+            if end == len(line) and isinstance(obj, dict) and "training_iteration" in obj:
+                records.append(obj)
+                break
+    return records
+
+
+def trial_status(epochs_done: int | None, planned: int, diverged: bool, errored: bool, ended: bool) -> str:
+    """The statuses of schema.STATUSES; `ended`: Tune ended the trial itself (not an interrupted study)."""
+    if errored:
+        return ERROR
+    if diverged:
+        return DIVERGED
+    if epochs_done is not None and epochs_done >= planned:
+        return FINISHED
+    return STOPPED_EARLY if ended else INCOMPLETE
+
+
+def trial_frame(study: str, trial_id: str, config: dict[str, Any], records: list[dict[str, Any]],
+                errored: bool, ended: bool, resources: dict[str, float]) -> pd.DataFrame:
+    """One trial's rows: one per epoch (the last report of an epoch wins), or one empty row."""
+    rows = [{m: r.get(m) for m in METRICS} | {k: r[k] for k in RUNTIME_KEYS if k in r}
+            for r in records if r.get("epoch") is not None]
+    frame = pd.DataFrame(rows, columns=[*METRICS, *RUNTIME_KEYS])
+    if not frame.empty:
+        frame = frame.drop_duplicates("epoch", keep="last").sort_values("epoch")
+    diverged = bool(frame["diverged"].fillna(False).astype(bool).any()) if not frame.empty else False
+    last = int(frame["epoch"].max()) if not frame.empty else None
+    status = trial_status(last, int(config.get("epochs", 0)), diverged, errored, ended)
+    if frame.empty:
+        frame = pd.DataFrame([{m: math.nan for m in METRICS}])
+    frame.insert(0, "study", study)
+    frame.insert(1, "trial_id", trial_id)
+    frame.insert(2, "seed", int(config.get("seed", 0)))
+    frame.insert(3, "status", status)
+    for name in CONFIG_FIELDS:
+        frame[f"config/{name}"] = config.get(name)
+    for key in RUNTIME_KEYS:
+        if key in frame and frame[key].notna().any():
+            frame[f"config/{key}"] = frame[key].dropna().iloc[-1]
+    frame["resources/cpu"] = resources.get("cpu", math.nan)
+    frame["resources/gpu"] = resources.get("gpu", math.nan)
+    return frame.drop(columns=[k for k in RUNTIME_KEYS if k in frame])
+
+
+def combine(frames: Iterable[pd.DataFrame]) -> pd.DataFrame:
+    frames = [f for f in frames if not f.empty]
+    columns = [*KEY_COLUMNS, *METRICS, *(f"config/{n}" for n in CONFIG_FIELDS), "resources/cpu", "resources/gpu"]
+    if not frames:
+        return pd.DataFrame(columns=columns)
+    df = pd.concat(frames, ignore_index=True)
+    df["epoch"] = pd.to_numeric(df["epoch"], errors="coerce").astype("Int64")
+    df["diverged"] = df["diverged"].astype("boolean").fillna(False).astype(bool)
+    return df.sort_values(["trial_id", "epoch"], na_position="first").reset_index(drop=True)
+
+
+def trials_without_results(df: pd.DataFrame) -> list[str]:
+    return sorted(df.loc[df["epoch"].isna(), "trial_id"].unique())
+
+
+def last_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per trial: its last epoch (test metrics sit there), or its empty row."""
+    return df.sort_values("epoch", na_position="first").groupby("trial_id", sort=False).tail(1)
+
+
+def final_table(df: pd.DataFrame, keys: Sequence[str], metric: str, mode: str) -> pd.DataFrame:
+    """One row per configuration: final metrics averaged over the trials ranking.py counts, best first."""
+    cols = [f"config/{k}" for k in keys]
+    last = last_rows(df)
+    scored = ranking.score_configurations(last, cols, metric)
+    counted = last[last["status"].map(ranking.counts)]
+    means = counted.groupby(cols, dropna=False)[list(FINAL_METRICS)].mean()
+    table = scored.merge(means, left_on=cols, right_index=True, how="left")
+    epochs = last.groupby(cols, dropna=False)["epoch"].max().rename("epochs")
+    table = table.merge(epochs, left_on=cols, right_index=True, how="left")
+    table = ranking.rank(table, cols, mode)
+    table["winner"] = ["*" if r == 1 else "" for r in table["rank"]]
+    table = table.rename(columns={c: c.removeprefix("config/") for c in cols})
+    table = table.rename(columns={"n_counted": "seeds", "n_trials": "trials"})
+    return table[[*keys, "seeds", "trials", "epochs", "diverged", *FINAL_METRICS, "winner"]].reset_index(drop=True)
+
+
+def winner(df: pd.DataFrame, keys: Sequence[str], metric: str, mode: str) -> dict[str, Any] | None:
+    table = final_table(df, keys, metric, mode)
+    row = table[table["winner"] == "*"]
+    if row.empty:
+        return None
+    return {k: _plain(row.iloc[0][k]) for k in keys}
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else value
+
+
+def format_table(table: pd.DataFrame) -> str:
+    return table.to_string(index=False, float_format=lambda v: f"{v:.4f}")
