@@ -127,12 +127,24 @@ def format_value(field: str, value: Any) -> str:
 
 
 def _read_trial_folders(folder: Path, meta: dict[str, Any]) -> pd.DataFrame:
-    trials = [_read_trial(child, meta) for child in _subdirs(folder) if _is_trial(child)]
+    ended = {tid for tid, status in tune_statuses(folder).items() if status == "TERMINATED"}
+    trials = [_read_trial(child, meta, ended) for child in _subdirs(folder) if _is_trial(child)]
     trials = [t for t in trials if not t.empty]
     return pd.concat(trials, ignore_index=True) if trials else pd.DataFrame()
 
 
-def _read_trial(folder: Path, meta: dict[str, Any]) -> pd.DataFrame:
+def tune_statuses(folder: Path) -> dict[str, str]:
+    """Trial id -> Tune's status, from the newest experiment state Tune saved in `folder` (no Ray needed)."""
+    states = sorted(Path(folder).glob("experiment_state-*.json"))
+    try:
+        entries = json.loads(states[-1].read_text()).get("trial_data", []) if states else []
+        trials = [json.loads(e[0] if isinstance(e, list) else e) for e in entries]
+        return {str(t["trial_id"]): str(t.get("status")) for t in trials}
+    except (OSError, ValueError, KeyError, TypeError):  # unreadable: statuses then come from the files alone
+        return {}
+
+
+def _read_trial(folder: Path, meta: dict[str, Any], ended: set[str] = frozenset()) -> pd.DataFrame:
     params = _read_json(folder / "params.json")
     info = _read_json(folder / "run_info.json") if (folder / "run_info.json").is_file() else {}
     lines = parse_result_lines((folder / "result.json").read_text(errors="replace"))
@@ -144,7 +156,7 @@ def _read_trial(folder: Path, meta: dict[str, Any]) -> pd.DataFrame:
     rows.insert(1, "trial_id", str(info.get("trial_id") or (lines[-1].get("trial_id") if lines else None)
                                    or folder.name))
     rows.insert(2, "seed", info.get("seed", config.get("seed")))
-    rows.insert(3, "status", _trial_status(folder, rows, config))
+    rows.insert(3, "status", _trial_status(folder, rows, config, rows["trial_id"].iloc[0] in ended))
     for name in CONFIG_FIELDS:
         rows[f"config/{name}"] = config.get(name)
     resources = info.get("resources") or meta.get("resources") or {}
@@ -153,12 +165,13 @@ def _read_trial(folder: Path, meta: dict[str, Any]) -> pd.DataFrame:
     return rows
 
 
-def _trial_status(folder: Path, rows: pd.DataFrame, config: dict[str, Any]) -> str:
-    """From the folder alone a scheduler's stop cannot be told from an interruption: both are incomplete."""
+def _trial_status(folder: Path, rows: pd.DataFrame, config: dict[str, Any], ended: bool) -> str:
+    """`ended`: Tune's saved state says the trial ended (TERMINATED), so short of its epochs it was stopped
+    early by a scheduler; without that, a stop cannot be told from an interruption and is `incomplete`."""
     epochs = pd.to_numeric(rows["epoch"], errors="coerce")
     last = None if epochs.isna().all() else int(epochs.max())
     return trial_status(last, int(config.get("epochs", 0) or 0), bool(rows["diverged"].fillna(False).astype(bool).any()),
-                        errored=(folder / "error.txt").is_file(), ended=False)  # error.txt: the trainable raised
+                        errored=(folder / "error.txt").is_file(), ended=ended)  # error.txt: the trainable raised
 
 
 def _normalise(df: pd.DataFrame, meta: dict[str, Any]) -> pd.DataFrame:

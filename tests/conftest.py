@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from analysis.loading import tune_statuses  # noqa: F401 (tests import it from here)
+
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 

@@ -36,18 +36,28 @@ def test_killed_worker_resumes_from_checkpoint_with_the_metrics_of_an_uninterrup
     experiment = tmp_path / "lr"
     killed = {}
 
-    def kill_first_worker_after_epoch_1():
+    def kill_a_worker_in_the_middle_of_its_trial():
+        """Freeze the worker (SIGSTOP), find the trial it is running from the files it wrote itself, and
+        kill it only if that trial has saved epoch 1 and not its last: a reused actor moves on to the
+        next trial as soon as one ends, so a kill aimed by timing alone could land on the wrong one."""
         deadline = time.time() + 300
         while time.time() < deadline and not killed:
             for result in experiment.glob("*/result.json"):
-                info = result.parent / "run_info.json"
-                if any(r.get("epoch") == 1 for r in _result_lines(result)) and info.exists():
-                    killed["trial"] = result.parent
-                    os.kill(json.loads(info.read_text())["pid"], signal.SIGKILL)
+                if not any(r.get("epoch") == 1 for r in _result_lines(result)):
+                    continue
+                pid = json.loads((result.parent / "run_info.json").read_text())["pid"]
+                os.kill(pid, signal.SIGSTOP)
+                infos = [(json.loads(p.read_text()), p.parent) for p in experiment.glob("*/run_info.json")]
+                current = max((i for i in infos if i[0]["pid"] == pid), key=lambda i: i[0]["starts"][-1])[1]
+                saved = {int(c.name.split("_")[-1]) for c in current.glob("checkpoint_*")}
+                if saved and max(saved) + 1 < 3:  # checkpoint_000000 is epoch 1; epoch 3 not saved yet
+                    killed["trial"] = current
+                    os.kill(pid, signal.SIGKILL)
                     return
+                os.kill(pid, signal.SIGCONT)
             time.sleep(0.2)
 
-    killer = threading.Thread(target=kill_first_worker_after_epoch_1)
+    killer = threading.Thread(target=kill_a_worker_in_the_middle_of_its_trial)
     killer.start()
     code, out = run_cli("lr", "--smoke", "--epochs", "3", "--max-concurrent", "1", "--gpus-per-trial", "0",
                         "--storage-path", tmp_path)
@@ -95,6 +105,9 @@ def test_ctrl_c_leaves_an_experiment_that_resume_finishes_even_with_a_corrupt_ch
     assert unfinished
     for state in (d for t in unfinished for d in t.glob("checkpoint_*/state.pt")):
         state.write_bytes(state.read_bytes()[:100])  # truncated: unreadable
+    cut = max(unfinished, key=lambda t: len(_result_lines(t / "result.json")))
+    text = (cut / "result.json").read_text()
+    (cut / "result.json").write_text(text[: len(text) - len(text.splitlines()[-1]) // 2 - 1])  # a line cut in two
 
     proc = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=600, env=isolated_ray.env)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -125,7 +138,7 @@ def test_a_diverging_trial_ends_as_diverged_and_the_study_goes_on(ray_session, t
     code, out = run_cli("hotlr", "--smoke", "--epochs", "3", "--gpus-per-trial", "0", "--storage-path", tmp_path / "r")
     assert code == 0, out
     df = pd.read_parquet(tmp_path / "r" / "hotlr" / "results.parquet")
-    assert set(df["status"]) == {"finished"}
+    assert df.groupby("config/lr")["status"].first().to_dict() == {0.05: "finished", 1e12: "diverged"}
     hot = df[df["config/lr"] == 1e12]
     assert hot["diverged"].iloc[-1] and hot["epoch"].max() < 3  # stopped early, flagged
     assert df[df["config/lr"] == 0.05]["epoch"].max() == 3  # the other trial went on

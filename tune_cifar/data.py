@@ -120,7 +120,7 @@ def download_cifar100(data_dir: str | os.PathLike) -> None:
         ) from None
 
 
-def synthetic_images(labels: np.ndarray, seed: int) -> np.ndarray:
+def synthetic_images(labels: np.ndarray, seed: int, noise: float = 20.0) -> np.ndarray:
     """Class-dependent images (N, 3, 32, 32) uint8: a smooth per-class template plus noise.
 
     Each class gets its own colour field on a 4x4 grid, upsampled to 32x32 and mirrored left-right
@@ -131,8 +131,8 @@ def synthetic_images(labels: np.ndarray, seed: int) -> np.ndarray:
     grid = np.concatenate([grid, grid[..., ::-1]], axis=-1)  # mirrored: (C, 3, 4, 4)
     templates = grid.repeat(8, axis=2).repeat(8, axis=3)  # (C, 3, 32, 32)
     rng = np.random.default_rng(seed)
-    noise = rng.normal(0, 20, size=(len(labels), *IMAGE_SHAPE))
-    return np.clip(templates[labels] + noise, 0, 255).astype(np.uint8)
+    pixels = templates[labels] + rng.normal(0, noise, size=(len(labels), *IMAGE_SHAPE))  # noise: std in 0..255 units
+    return np.clip(pixels, 0, 255).astype(np.uint8)
 
 
 def write_synthetic(out: str | os.PathLike, num_train: int = 2000, num_test: int = 500, seed: int = 0) -> Path:

@@ -13,15 +13,17 @@ from __future__ import annotations
 import io
 import json
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from tune_cifar import results
+from tune_cifar import results, search
+from tune_cifar.config import ConfigError
 from tune_cifar.data import CifarData
 from tune_cifar.storage import is_nonempty_folder, is_uri, join, read_text, write_atomic
+from tune_cifar.search import SearchPlan
 from tune_cifar.studies import Study
 
 
@@ -44,10 +46,12 @@ class RunOptions:
     cpus_per_trial: float = 1.0
     max_concurrent: int | None = None
     max_failures: int = 2  # retries of a crashed trial, from its last checkpoint
-    checkpoint_every: int = 1  # epochs
+    checkpoint_every: int | None = None  # epochs; None: about 30 checkpoints per trial (trainable.checkpoint_interval)
     resume: bool = False
     device: str = "auto"
     extra: tuple[tuple[str, Any], ...] = ()  # further TrainConfig overrides (--set, smoke's sizes)
+    plan: tuple[tuple[str, Any], ...] = ()  # SearchPlan fields given on the command line (--search, --scheduler...)
+    verbose: bool = False  # Tune's own trial tables instead of our progress lines
 
 
 # Options a resumed experiment takes anew (the trainable and Tune's failure handling are rebuilt);
@@ -58,17 +62,26 @@ RECORDED_OPTIONS = ("seeds", "epochs", "gpus_per_trial", "cpus_per_trial", "max_
                     "checkpoint_every", "device")
 
 
-def param_space(study: Study, opts: RunOptions, carried: dict[str, Any]) -> dict[str, Any]:
-    """A full TrainConfig dict with grid_search over the study's space (and seeds)."""
+def search_plan(study: Study, opts: RunOptions) -> SearchPlan:
+    """The study's own plan with the command line's choices over it, checked (ConfigError if it cannot work)."""
+    if study.chain and opts.plan:
+        raise ConfigError(f"the {study.name!r} chain runs its studies as their own grids; search one study instead "
+                          f"(e.g. python -m tune_cifar.run joint)")
+    plan = replace(study.plan, **dict(opts.plan))
+    epochs = opts.epochs or study.base_config().epochs
+    return search.check(study.space, plan, epochs, opts.seeds)
+
+
+def param_space(study: Study, opts: RunOptions, carried: dict[str, Any], plan: SearchPlan) -> dict[str, Any]:
+    """A full TrainConfig dict with the study's space over it (grid axes, domains or choices) and seeds."""
     from ray import tune
 
     base = study.base_config(carried).replace(**_overrides(opts))
-    study.configs(carried)  # validates every grid point before anything runs
+    study.configs(carried)  # validates every grid point and domain edge before anything runs
     space: dict[str, Any] = base.to_dict()
-    for key, values in study.space.items():
-        space[key] = tune.grid_search(values)
-    if opts.seeds > 1:
-        space["seed"] = tune.grid_search(list(range(opts.seeds)))
+    space.update(search.tune_space(study.space, plan))
+    if opts.seeds > 1 and plan.search in ("grid", "random"):
+        space["seed"] = tune.grid_search(list(range(opts.seeds)))  # (a Repeater gives other searchers their seeds)
     return space
 
 
@@ -88,13 +101,15 @@ def resources(opts: RunOptions, cluster_gpus: float) -> dict[str, float]:
 
 
 def study_record(study: Study, opts: RunOptions, carried: dict[str, Any], res: dict[str, float],
-                 chain: str | None) -> dict[str, Any]:
+                 chain: str | None, plan: SearchPlan) -> dict[str, Any]:
     base = study.base_config(carried).replace(**_overrides(opts)).to_dict()
     for key in study.space:
         base[key] = None
-    return {"study": study.name, "title": study.title, "description": study.description, "metric": study.metric, "mode": study.mode,
-            "space": study.space, "base": base, "carried": carried, "seeds": opts.seeds,
-            "resources": res, "chain": chain, "options": {k: getattr(opts, k) for k in RECORDED_OPTIONS}}
+    space = {k: (search.describe(v) if search.is_domain(v) else v) for k, v in study.space.items()}
+    return {"study": study.name, "title": study.title, "description": study.description, "metric": study.metric,
+            "mode": study.mode, "space": space, "base": base, "carried": carried, "seeds": opts.seeds,
+            "search": asdict(plan), "strategy": plan.label(), "resources": res, "chain": chain,
+            "options": {k: getattr(opts, k) for k in RECORDED_OPTIONS}}
 
 
 def check_experiment_folder(path: str, record: dict[str, Any], resume: bool) -> dict[str, Any] | None:
@@ -156,11 +171,13 @@ def _parse_record(text: str, folder: str) -> dict[str, Any]:
 def _identity(record: dict[str, Any]) -> tuple:
     base = {k: v for k, v in record.get("base", {}).items() if k not in ("data_dir", "download", "device")}
     return (record.get("study"), json.dumps(record.get("space"), sort_keys=True),
-            json.dumps(base, sort_keys=True, default=str), record.get("seeds"))
+            json.dumps(base, sort_keys=True, default=str), record.get("seeds"),
+            json.dumps(record.get("search") or asdict(SearchPlan()), sort_keys=True))
 
 
 def _describe(record: dict[str, Any]) -> str:
-    return f"study {record.get('study')!r}, space {record.get('space')}, seeds {record.get('seeds')}"
+    return (f"study {record.get('study')!r}, space {record.get('space')}, seeds {record.get('seeds')}, "
+            f"search {record.get('strategy') or 'grid'}")
 
 
 def results_frame(result_grid: Any, study: Study, res: dict[str, float]) -> pd.DataFrame:
@@ -185,6 +202,7 @@ def run_study(study: Study, data: CifarData, opts: RunOptions, storage: str, car
     import ray
     from ray import tune
 
+    from tune_cifar.progress import StudyProgress
     from tune_cifar.trainable import TrialOptions, train_trial
 
     carried = carried or {}
@@ -193,18 +211,20 @@ def run_study(study: Study, data: CifarData, opts: RunOptions, storage: str, car
         existing = read_text(join(path, "study.json"))
         if existing is not None:
             opts = resume_options(_parse_record(existing, path), opts, given)
+    plan = search_plan(study, opts)
+    epochs = opts.epochs or study.base_config().epochs
     res = resources(opts, ray.cluster_resources().get("GPU", 0))
-    record = study_record(study, opts, carried, res, chain)
+    record = study_record(study, opts, carried, res, chain, plan)
     saved = check_experiment_folder(path, record, opts.resume)
     if saved is not None:
         res = saved.get("resources") or res
         record = {**saved, "options": {k: getattr(opts, k) for k in RECORDED_OPTIONS}}
 
-    trainable = tune.with_resources(
-        tune.with_parameters(train_trial, data=data,
-                             options=TrialOptions(study=study.name, checkpoint_every=opts.checkpoint_every)),
-        res,
-    )
+    options = TrialOptions(study=study.name, checkpoint_every=opts.checkpoint_every,
+                           also_every=plan.perturbation_interval if plan.scheduler == "pbt" else None)
+    trainable = tune.with_resources(tune.with_parameters(train_trial, data=data, options=options), res)
+    n_trials = search.num_trials(study.space, plan, opts.seeds)
+    progress = StudyProgress(study.name, study.metric, study.mode, list(study.space), n_trials, n_trials * epochs)
     resume = opts.resume
     if resume and not tune.Tuner.can_restore(path):
         if is_uri(path) or any(p.is_dir() for p in Path(path).iterdir()):
@@ -213,29 +233,43 @@ def run_study(study: Study, data: CifarData, opts: RunOptions, storage: str, car
     write_atomic(join(path, "study.json"), json.dumps(record, indent=2, default=str))
     if resume:
         print(f"[{study.name}] resuming {path}", file=sys.stderr)
+        # Tune restores the searcher's and the scheduler's state with the experiment (ray issue 30861 was
+        # the searcher silently replaced; tests/test_search.py checks the trial count after a resume).
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
-        # Tune pickled the run config with the experiment; the failure budget is the one part a
-        # resumed run may change, and Tune reads it from this object when fit() starts.
-        tuner._local_tuner.get_run_config().failure_config = tune.FailureConfig(max_failures=opts.max_failures)
+        # Tune pickled the run config with the experiment; the failure budget and the progress lines are
+        # the parts a resumed run may change, and Tune reads them from this object when fit() starts.
+        run_config = tuner._local_tuner.get_run_config()
+        run_config.failure_config = tune.FailureConfig(max_failures=opts.max_failures)
+        run_config.callbacks = None if opts.verbose else [progress]
+        run_config.verbose = None if opts.verbose else 0
     else:
+        alg = search.searcher(plan, study.metric, study.mode, opts.seeds, opts.max_concurrent)
         tuner = tune.Tuner(
             trainable,
-            param_space=param_space(study, opts, carried),
-            # Reusing trial actors saves ~4 s of process start-up per trial (python -m tune_cifar.bench, part 4).
-            tune_config=tune.TuneConfig(metric=study.metric, mode=study.mode, reuse_actors=True,
-                                        max_concurrent_trials=opts.max_concurrent),
+            param_space=param_space(study, opts, carried, plan),
+            tune_config=tune.TuneConfig(
+                metric=study.metric, mode=study.mode, search_alg=alg,
+                scheduler=search.scheduler(plan, study.space, epochs),
+                num_samples=plan.num_samples * (opts.seeds if alg is not None else 1),
+                # a searcher is limited by its ConcurrencyLimiter; Tune's generator by this
+                max_concurrent_trials=None if alg is not None else opts.max_concurrent,
+                # Reusing trial actors saves ~4 s of process start-up per trial (python -m tune_cifar.bench, part 4).
+                reuse_actors=True),
             run_config=tune.RunConfig(
                 name=study.name, storage_path=storage if is_uri(storage) else str(Path(storage).absolute()),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                # PBT clones a donor's latest checkpoint while the donor goes on saving: keep a few
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=4 if plan.scheduler == "pbt" else 2),
                 # run_info.json is written in the trial's working folder; this copies it to storage
                 # (a reused actor's working folder is not the trial folder).
                 sync_config=tune.SyncConfig(sync_artifacts=True),
                 failure_config=tune.FailureConfig(max_failures=opts.max_failures),
+                callbacks=None if opts.verbose else [progress],
+                verbose=None if opts.verbose else 0,
             ),
         )
-    n_trials = study.num_trials(opts.seeds)
-    print(f"[{study.name}] {study.description}\n[{study.name}] {n_trials} trials, {res['cpu']} CPU and "
-          f"{res['gpu']} GPU each, carried {carried or 'nothing'}; results in {path}", file=sys.stderr)
+    per_trial = f"{res['cpu']:g} CPU" + (f" and {res['gpu']:g} GPU" if res["gpu"] else "")
+    print(f"[{study.name}] {study.description}\n[{study.name}] {n_trials} trials of up to {epochs} epochs "
+          f"({plan.label()}), {per_trial} each, carried {carried or 'nothing'}; results in {path}", file=sys.stderr)
     grid = tuner.fit()
     ended = grid.num_terminated + grid.num_errors
     if ended < n_trials:  # Tune returns normally on Ctrl-C/SIGTERM, with trials left unstarted or paused

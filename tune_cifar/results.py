@@ -15,7 +15,7 @@ import pandas as pd
 
 from tune_cifar import ranking
 from tune_cifar.config import TrainConfig
-from tune_cifar.schema import DIVERGED, ERROR, FINAL_METRICS, FINISHED, INCOMPLETE, METRICS, STOPPED_EARLY
+from tune_cifar.schema import DIVERGED, ERROR, EVENTS, FINAL_METRICS, FINISHED, INCOMPLETE, METRICS, STOPPED_EARLY
 
 CONFIG_FIELDS = tuple(f.name for f in fields(TrainConfig))
 KEY_COLUMNS = ("study", "trial_id", "seed", "status")
@@ -64,9 +64,9 @@ def trial_status(epochs_done: int | None, planned: int, diverged: bool, errored:
 def trial_frame(study: str, trial_id: str, config: dict[str, Any], records: list[dict[str, Any]],
                 errored: bool, ended: bool, resources: dict[str, float]) -> pd.DataFrame:
     """One trial's rows: one per epoch (the last report of an epoch wins), or one empty row."""
-    rows = [{m: r.get(m) for m in METRICS} | {k: r[k] for k in RUNTIME_KEYS if k in r}
+    rows = [{m: r.get(m) for m in (*METRICS, *EVENTS)} | {k: r[k] for k in RUNTIME_KEYS if k in r}
             for r in records if r.get("epoch") is not None]
-    frame = pd.DataFrame(rows, columns=[*METRICS, *RUNTIME_KEYS])
+    frame = pd.DataFrame(rows, columns=[*METRICS, *EVENTS, *RUNTIME_KEYS])
     if not frame.empty:
         frame = frame.drop_duplicates("epoch", keep="last").sort_values("epoch")
     diverged = bool(frame["diverged"].fillna(False).astype(bool).any()) if not frame.empty else False
@@ -90,12 +90,15 @@ def trial_frame(study: str, trial_id: str, config: dict[str, Any], records: list
 
 def combine(frames: Iterable[pd.DataFrame]) -> pd.DataFrame:
     frames = [f for f in frames if not f.empty]
-    columns = [*KEY_COLUMNS, *METRICS, *(f"config/{n}" for n in CONFIG_FIELDS), "resources/cpu", "resources/gpu"]
+    columns = [*KEY_COLUMNS, *METRICS, *EVENTS, *(f"config/{n}" for n in CONFIG_FIELDS), "resources/cpu",
+               "resources/gpu"]
     if not frames:
         return pd.DataFrame(columns=columns)
     df = pd.concat(frames, ignore_index=True)
     df["epoch"] = pd.to_numeric(df["epoch"], errors="coerce").astype("Int64")
     df["diverged"] = df["diverged"].astype("boolean").fillna(False).astype(bool)
+    for name in EVENTS:
+        df[name] = df[name].astype("string") if name in df else pd.Series(pd.NA, index=df.index, dtype="string")
     return df.sort_values(["trial_id", "epoch"], na_position="first").reset_index(drop=True)
 
 

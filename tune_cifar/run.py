@@ -20,38 +20,59 @@ if __name__ == "__main__" and not __package__:
     if (here.parent / "search_spaces").is_dir():
         sys.path.insert(0, str(here.parent))
 
+from tune_cifar import catalog  # noqa: E402
 from tune_cifar.config import ConfigError, TrainConfig  # noqa: E402
 from tune_cifar.data import DataError, load_cifar100, read_cifar100, write_synthetic  # noqa: E402
-from tune_cifar.experiment import ExperimentError, Interrupted, RunOptions, run  # noqa: E402
+from tune_cifar.experiment import ExperimentError, Interrupted, RunOptions, run, search_plan  # noqa: E402
 from tune_cifar.schema import DEVICES  # noqa: E402
+from tune_cifar.search import SCHEDULERS, SEARCHES  # noqa: E402
 from tune_cifar.storage import is_uri  # noqa: E402
-from tune_cifar.studies import StudyError, available_studies, load_study  # noqa: E402
+from tune_cifar.studies import StudyError, load_study  # noqa: E402
 
 SMOKE = dict(train=500, test=100, epochs=2)  # generated images; the real MobileNet, 2 epochs
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m tune_cifar.run", description="Run a hyperparameter study with Ray Tune.")
-    p.add_argument("study", help=f"one of: {', '.join(available_studies())}")
+    p = argparse.ArgumentParser(
+        prog="python -m tune_cifar.run", description="Run a hyperparameter study with Ray Tune.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"studies (--list says more):\n{catalog.one_line_each()}\n\n--set accepts any TrainConfig field: "
+               f"{catalog.settable_fields()}")
+    p.add_argument("study", nargs="?", help="the study to run (see --list)")
+    p.add_argument("--list", action="store_true", help="list every study with what it varies and its size, then exit")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print every trial's configuration and the totals; start nothing, write nothing")
     p.add_argument("--smoke", action="store_true",
                    help=f"generated data ({SMOKE['train']} train / {SMOKE['test']} test images), {SMOKE['epochs']} epochs")
     p.add_argument("--data-dir", default="./data", help="CIFAR-100 folder; downloaded there when missing (default ./data)")
     p.add_argument("--no-download", dest="download", action="store_false", help="never download; fail if data is missing")
     p.add_argument("--epochs", type=int, help="override every study's epochs")
     p.add_argument("--seeds", type=int, help="repeat every configuration with seeds 0..N-1 (default 1)")
-    p.add_argument("--gpus-per-trial", type=float,
-                   help="GPU share per trial (default 0.25 when the cluster has GPUs, else 0)")
-    p.add_argument("--cpus-per-trial", type=float, help="CPUs per trial (default 1)")
-    p.add_argument("--storage-path", default="./results",
+    s = p.add_argument_group("search (defaults: the study module's own)")
+    s.add_argument("--search", choices=SEARCHES, help="how configurations are chosen (grid: lists crossed)")
+    s.add_argument("--num-samples", type=int, help="configurations a sampler draws (random, optuna, hyperopt)")
+    s.add_argument("--scheduler", choices=SCHEDULERS, help="fifo: every trial to its end; asha: stop the worst "
+                   "early; pbt: population-based training")
+    s.add_argument("--grace-period", type=int, help="ASHA: epochs before the first cut (default epochs // 16)")
+    s.add_argument("--reduction-factor", type=int, help="ASHA: 1 in this many trials goes on at each rung (default 4)")
+    s.add_argument("--perturbation-interval", type=int, help="PBT: epochs between exploits (default epochs // 10)")
+    s.add_argument("--search-seed", type=int, help="seed of the sampler and the scheduler (default 0)")
+    r = p.add_argument_group("resources and storage")
+    r.add_argument("--gpus-per-trial", type=float,
+                   help="GPU share per trial (default 0.25 when the cluster has GPUs and --device is not cpu, else 0)")
+    r.add_argument("--cpus-per-trial", type=float, help="CPUs per trial (default 1)")
+    r.add_argument("--storage-path", default="./results",
                    help="where experiments go: a local path, NFS, s3:// or gs:// (default ./results)")
-    p.add_argument("--address", default=None, help="Ray cluster to join (default RAY_ADDRESS, else a local Ray)")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted experiment (Tuner.restore)")
-    p.add_argument("--max-concurrent", type=int, help="at most this many trials at once")
-    p.add_argument("--max-failures", type=int, help="retries of a crashed trial from its checkpoint (default 2)")
-    p.add_argument("--checkpoint-every", type=int, help="epochs between checkpoints (default 1)")
-    p.add_argument("--device", choices=DEVICES, help="where trials train (default auto: cuda when the trial has a GPU)")
+    r.add_argument("--address", default=None, help="Ray cluster to join (default RAY_ADDRESS, else a local Ray)")
+    r.add_argument("--resume", action="store_true", help="continue an interrupted experiment (Tuner.restore)")
+    r.add_argument("--max-concurrent", type=int, help="at most this many trials at once (searchers too)")
+    r.add_argument("--max-failures", type=int, help="retries of a crashed trial from its checkpoint (default 2)")
+    r.add_argument("--checkpoint-every", type=int,
+                   help="epochs between checkpoints (default: about 30 per trial, every epoch up to 30 epochs)")
+    r.add_argument("--device", choices=DEVICES, help="where trials train (default auto: cuda when the trial has a GPU)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                    help="fix a TrainConfig field for every trial, e.g. --set batch_size=256 (repeatable)")
+    p.add_argument("--verbose", action="store_true", help="Tune's own trial tables instead of one progress line")
     return p.parse_args(argv)
 
 
@@ -104,6 +125,8 @@ def _check_writable(path: Path) -> None:
 # the values the experiment was started with.
 OPTIONAL = ("epochs", "seeds", "gpus_per_trial", "cpus_per_trial", "max_concurrent", "max_failures",
             "checkpoint_every", "device")
+PLAN_OPTIONS = ("search", "num_samples", "scheduler", "grace_period", "reduction_factor", "perturbation_interval",
+                "search_seed")
 
 
 def options(args: argparse.Namespace, data_dir: str) -> tuple[RunOptions, set[str]]:
@@ -112,16 +135,33 @@ def options(args: argparse.Namespace, data_dir: str) -> tuple[RunOptions, set[st
     values = {name: getattr(args, name) for name in given}
     if args.smoke and args.epochs is None:
         values["epochs"] = SMOKE["epochs"]
+    plan = tuple((name, getattr(args, name)) for name in PLAN_OPTIONS if getattr(args, name) is not None)
     opts = RunOptions(storage_path=args.storage_path, data_dir=data_dir, download=args.download,
-                      resume=args.resume, extra=tuple(overrides(args).items()), **values)
+                      resume=args.resume, extra=tuple(overrides(args).items()), plan=plan, verbose=args.verbose,
+                      **values)
     return opts, given
+
+
+def dry_run(study, opts: RunOptions) -> str:
+    overrides = dict(opts.extra) | ({"epochs": opts.epochs} if opts.epochs else {})
+    plan = None if study.chain else search_plan(study, opts)
+    return catalog.dry_run(study, opts.seeds, overrides, plan)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
+        if args.list:
+            print(catalog.listing(), end="")
+            return 0
+        if not args.study:
+            raise StudyError("name a study to run; `python -m tune_cifar.run --list` lists them")
         study = load_study(args.study)
         validate(args)
+        if args.dry_run:
+            print(dry_run(study, options(args, args.data_dir)[0]), end="")
+            return 0
+        search_plan(study, options(args, args.data_dir)[0])  # an impossible search is refused before Ray starts
         if args.smoke:
             # Generated, read into memory, then deleted: trials get the arrays through Ray's object store.
             with tempfile.TemporaryDirectory(prefix="tune-cifar-smoke-") as smoke_dir:

@@ -13,6 +13,9 @@ PRECISIONS = ("auto", "fp32", "bf16")
 # Reported by the trainable every epoch; results.parquet keeps these columns in this order.
 METRICS = ("epoch", "lr", "weight_decay", "momentum", "mixup_alpha", "train_loss", "train_acc", "val_loss",
            "val_acc", "diverged", "test_loss", "test_acc", "images_per_s", "epoch_s", "timestamp")
+# Per-epoch text the trainable reports beside METRICS: the PBT donor whose state an epoch started from
+# (set on the first epoch after an exploit, empty otherwise).
+EVENTS = ("donor",)
 # Taken at a trial's last epoch for tables and ranking (test metrics exist there only).
 FINAL_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc")
 

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import importlib
 import itertools
-import math
 import pkgutil
 from dataclasses import dataclass, field
 from typing import Any
 
 import search_spaces
 from tune_cifar.config import ConfigError, TrainConfig
+from tune_cifar.search import SearchPlan, is_domain, num_trials, sampled_fields, validate_space
+
+# Module attributes that set a study's default search plan -> SearchPlan's fields.
+PLAN_ATTRIBUTES = {"NUM_SAMPLES": "num_samples", "SCHEDULER": "scheduler", "GRACE_PERIOD": "grace_period",
+                   "REDUCTION_FACTOR": "reduction_factor", "PERTURBATION_INTERVAL": "perturbation_interval"}
 
 
 class StudyError(ValueError):
@@ -23,31 +27,42 @@ class Study:
     description: str
     title: str = ""  # a few words for headings (the module's TITLE; default: the name)
     base: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields fixed by the study
-    space: dict[str, list[Any]] = field(default_factory=dict)  # field -> values, crossed as a grid
+    space: dict[str, Any] = field(default_factory=dict)  # field -> list of values (a grid axis) or a Tune domain
     metric: str = "val_acc"
     mode: str = "max"
     chain: tuple[str, ...] = ()  # non-empty: run these studies in order, carrying winners
+    plan: SearchPlan = SearchPlan()  # how the space is searched by default (the module's SEARCH, SCHEDULER, ...)
+
+    @property
+    def is_grid(self) -> bool:
+        return not sampled_fields(self.space)
 
     def configs(self, carried: dict[str, Any] | None = None) -> list[TrainConfig]:
-        """Every grid point as a validated TrainConfig (one seed), with carried values over the base."""
+        """Every grid point as a validated TrainConfig (one seed), with carried values over the base.
+
+        Sampled fields are checked at their domains' edges and left at the base value here.
+        """
         base = self.base_config(carried)
-        keys = list(self.space)
-        return [base.replace(**dict(zip(keys, values))) for values in itertools.product(*self.space.values())]
+        validate_space(self.space, base)
+        grid = {k: v for k, v in self.space.items() if not is_domain(v)}
+        keys = list(grid)
+        return [base.replace(**dict(zip(keys, values))) for values in itertools.product(*grid.values())]
 
     def base_config(self, carried: dict[str, Any] | None = None) -> TrainConfig:
         carried = {k: v for k, v in (carried or {}).items() if k not in self.space}
         return TrainConfig.from_dict({**self.base, **carried})
 
-    def num_trials(self, seeds: int = 1) -> int:
+    def num_trials(self, seeds: int = 1, plan: SearchPlan | None = None) -> int:
         if self.chain:
             return sum(load_study(name).num_trials(seeds) for name in self.chain)
-        return math.prod(len(v) for v in self.space.values()) * seeds
+        return num_trials(self.space, plan or self.plan, seeds)
 
-    def trial_epochs(self, seeds: int = 1, epochs: int | None = None) -> int:
-        """Epochs summed over every trial when each runs to its end (the study's size)."""
+    def trial_epochs(self, seeds: int = 1, epochs: int | None = None, plan: SearchPlan | None = None) -> int:
+        """Epochs summed over every trial when each runs to its end (the study's size; a scheduler that
+        stops trials early spends less)."""
         if self.chain:
             return sum(load_study(name).trial_epochs(seeds, epochs) for name in self.chain)
-        return self.num_trials(seeds) * (epochs or self.base_config().epochs)
+        return self.num_trials(seeds, plan) * (epochs or self.base_config().epochs)
 
 
 def available_studies() -> list[str]:
@@ -67,7 +82,10 @@ def study_order() -> list[str]:
 def load_study(name: str) -> Study:
     if name not in available_studies():
         raise StudyError(f"unknown study {name!r}; available: {', '.join(available_studies())}")
-    module = importlib.import_module(f"search_spaces.{name}")
+    try:
+        module = importlib.import_module(f"search_spaces.{name}")
+    except Exception as e:  # a sampling domain with impossible bounds raises at import, as any bug would
+        raise StudyError(f"search_spaces/{name}.py cannot be loaded: {type(e).__name__}: {e}") from None
     description = getattr(module, "DESCRIPTION", (module.__doc__ or "").strip())
     if hasattr(module, "CHAIN"):
         for sub in module.CHAIN:
@@ -75,8 +93,11 @@ def load_study(name: str) -> Study:
         return Study(name, description, getattr(module, "TITLE", name), chain=tuple(module.CHAIN))
     if not hasattr(module, "SPACE"):
         raise StudyError(f"search_spaces/{name}.py defines neither SPACE nor CHAIN")
-    study = Study(name, description, getattr(module, "TITLE", name), dict(getattr(module, "BASE", {})), {k: list(v) for k, v in module.SPACE.items()},
-                  getattr(module, "METRIC", "val_acc"), getattr(module, "MODE", "max"))
+    space = {k: (v if is_domain(v) else list(v)) for k, v in module.SPACE.items()}
+    plan = SearchPlan(search=getattr(module, "SEARCH", "grid" if not sampled_fields(space) else "random"),
+                      **{field: getattr(module, attr) for attr, field in PLAN_ATTRIBUTES.items() if hasattr(module, attr)})
+    study = Study(name, description, getattr(module, "TITLE", name), dict(getattr(module, "BASE", {})), space,
+                  getattr(module, "METRIC", "val_acc"), getattr(module, "MODE", "max"), plan=plan)
     if study.mode not in ("max", "min"):
         raise StudyError(f"search_spaces/{name}.py: MODE must be 'max' or 'min', not {study.mode!r}")
     try:

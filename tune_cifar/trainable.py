@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import sys
@@ -28,27 +29,50 @@ CHECKPOINT_FILE = "state.pt"
 @dataclass(frozen=True)
 class TrialOptions:
     study: str = ""
-    checkpoint_every: int = 1  # epochs between checkpoints; the last epoch is always saved
+    checkpoint_every: int | None = None  # epochs between checkpoints; None: checkpoint_interval(epochs)
+    also_every: int | None = None  # a scheduler's own cadence (PBT's perturbation interval), saved as well
+
+
+def checkpoint_interval(epochs: int) -> int:
+    """The default: about 30 checkpoints per trial whatever its length (every epoch up to 30 epochs, every
+    10th of 300), so storage traffic stays bounded and a killed trial repeats at most that many epochs."""
+    return max(1, math.ceil(epochs / 30))
+
+
+def checkpoint_due(epoch: int, epochs: int, diverged: bool, options: TrialOptions) -> bool:
+    every = options.checkpoint_every or checkpoint_interval(epochs)
+    return (epoch == epochs or diverged or epoch % every == 0
+            or (options.also_every is not None and epoch % options.also_every == 0))
 
 
 def train_trial(config: dict[str, Any], data: CifarData, options: TrialOptions = TrialOptions()) -> None:
+    config = dict(config)
+    if "__trial_index__" in config:  # a Repeater's copy number: the training seed of that copy
+        config["seed"] = int(config.pop("__trial_index__"))
+    ctx = tune.get_context()
     gpu_ids = [str(g) for g in ray.get_gpu_ids()]
-    trial_dir = Path(tune.get_context().get_trial_dir())
+    trial_dir = Path(ctx.get_trial_dir())
+    trial_id = ctx.get_trial_id()
     resume_from = _load_checkpoint(tune.get_checkpoint())
     earlier = [(resume_from or {}).get("config", {}).get("precision"),
                _read_run_info(trial_dir).get("config", {}).get("precision")]
     cfg = resolve_once(TrainConfig.from_dict(config), next((p for p in earlier if p in ("fp32", "bf16")), None),
                        bool(gpu_ids))
-    cpus = tune.get_context().get_trial_resources().required_resources.get("CPU", 1)
+    cpus = ctx.get_trial_resources().required_resources.get("CPU", 1)
     torch.set_num_threads(max(1, int(cpus)))
-    _write_run_info(trial_dir, cfg, options, gpu_ids)
+    # A checkpoint saved by another trial is PBT's exploit: this trial goes on from the donor's state.
+    donor = (resume_from or {}).get("trial_id")
+    exploit = {"epoch": int(resume_from["epoch"]), "donor": donor} if donor not in (None, trial_id) else None
+    _write_run_info(trial_dir, cfg, options, gpu_ids, exploit)
 
     def report(metrics: dict[str, Any], state: TrainState) -> None:
-        metrics = {**metrics, "device": cfg.device, "precision": cfg.precision}
-        last = state.epoch == cfg.epochs or metrics["diverged"]
-        if last or state.epoch % options.checkpoint_every == 0:
+        nonlocal exploit
+        metrics = {**metrics, "device": cfg.device, "precision": cfg.precision,
+                   "donor": exploit["donor"] if exploit else None}
+        exploit = None  # only the first epoch after an exploit names its donor
+        if checkpoint_due(state.epoch, cfg.epochs, metrics["diverged"], options):
             with tempfile.TemporaryDirectory() as tmp:
-                torch.save(state.state_dict(), os.path.join(tmp, CHECKPOINT_FILE))
+                torch.save({**state.state_dict(), "trial_id": trial_id}, os.path.join(tmp, CHECKPOINT_FILE))
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
         else:
             tune.report(metrics)
@@ -99,11 +123,13 @@ def _load_checkpoint(checkpoint: tune.Checkpoint | None) -> dict[str, Any] | Non
         return None
 
 
-def _write_run_info(trial_dir: Path, cfg: TrainConfig, options: TrialOptions, gpu_ids: list[str]) -> None:
-    """What produced this trial, beside its results; restarts are appended, not overwritten."""
+def _write_run_info(trial_dir: Path, cfg: TrainConfig, options: TrialOptions, gpu_ids: list[str],
+                    exploit: dict[str, Any] | None) -> None:
+    """What produced this trial, beside its results; restarts (and PBT's exploits) are appended, not overwritten."""
     ctx = tune.get_context()
     resources = ctx.get_trial_resources().required_resources
-    starts = _read_run_info(trial_dir).get("starts", [])
+    earlier = _read_run_info(trial_dir)
+    starts = earlier.get("starts", [])
     info = {
         "study": options.study,
         "trial_id": ctx.get_trial_id(),
@@ -117,6 +143,7 @@ def _write_run_info(trial_dir: Path, cfg: TrainConfig, options: TrialOptions, gp
         "node_id": ray.get_runtime_context().get_node_id(),
         "start_time": starts[0] if starts else time.time(),
         "starts": starts + [time.time()],
+        "exploits": earlier.get("exploits", []) + ([exploit] if exploit else []),
         **provenance(),
     }
     write_atomic(trial_dir / "run_info.json", json.dumps(info, indent=2, default=str))

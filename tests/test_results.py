@@ -1,0 +1,78 @@
+"""results.py: reading Tune's result files without losing records, statuses, and the empty-trial row."""
+
+import json
+import math
+
+import pandas as pd
+import pytest
+
+from tune_cifar.experiment import RunOptions, resources, resume_options, ExperimentError
+from tune_cifar.results import combine, parse_result_lines, trial_frame, trial_status, trials_without_results
+from tune_cifar.trainable import resolve_once
+from tune_cifar.config import TrainConfig
+
+
+def _line(epoch, **extra):
+    return json.dumps({"epoch": epoch, "val_acc": 0.1 * epoch, "training_iteration": epoch, "config": {"lr": 0.1},
+                       **extra})
+
+
+def test_a_line_cut_by_a_kill_and_then_appended_to_keeps_the_record_after_it():
+    text = "\n".join([_line(1), _line(2)[:25] + _line(2, val_acc=0.25), _line(3)]) + "\n"
+    records = parse_result_lines(text)
+    assert [r["epoch"] for r in records] == [1, 2, 3]
+    assert records[1]["val_acc"] == 0.25  # the appended record, not the cut one
+    assert parse_result_lines(_line(1) + "\n" + _line(2)[:30]) == [json.loads(_line(1))]  # a cut last line
+
+
+@pytest.mark.parametrize("done,diverged,errored,ended,expected", [
+    (5, False, False, True, "finished"), (2, True, False, True, "diverged"), (3, False, True, True, "error"),
+    (3, False, False, True, "stopped_early"), (3, False, False, False, "incomplete"), (None, False, False, False,
+                                                                                         "incomplete")])
+def test_statuses(done, diverged, errored, ended, expected):
+    assert trial_status(done, 5, diverged, errored, ended) == expected
+
+
+def test_a_trial_without_readable_epochs_is_one_row_with_its_status():
+    config = TrainConfig(epochs=3).to_dict()
+    empty = trial_frame("lr", "t0", config, [], errored=True, ended=True, resources={"cpu": 1, "gpu": 0})
+    full = trial_frame("lr", "t1", config, [json.loads(_line(e, device="cpu", precision="fp32")) for e in (1, 2, 3)],
+                       errored=False, ended=True, resources={"cpu": 1, "gpu": 0})
+    df = combine([empty, full])
+    assert trials_without_results(df) == ["t0"]
+    assert df.groupby("trial_id")["status"].first().to_dict() == {"t0": "error", "t1": "finished"}
+    assert df.loc[df["trial_id"] == "t0", "val_acc"].isna().all() and df["trial_id"].value_counts()["t0"] == 1
+    # the precision and device the trial reported replace the config's "auto"
+    assert set(df.loc[df["trial_id"] == "t1", "config/precision"]) == {"fp32"}
+    assert set(df.loc[df["trial_id"] == "t0", "config/precision"]) == {"auto"}
+
+
+def test_cpu_trials_ask_for_no_gpu_on_a_cluster_with_gpus():
+    assert resources(RunOptions(device="cpu"), cluster_gpus=8) == {"cpu": 1.0, "gpu": 0.0}
+    assert resources(RunOptions(device="auto"), cluster_gpus=8) == {"cpu": 1.0, "gpu": 0.25}
+    assert resources(RunOptions(device="auto"), cluster_gpus=0)["gpu"] == 0.0
+    assert resources(RunOptions(device="cuda", gpus_per_trial=1.0), cluster_gpus=8)["gpu"] == 1.0
+
+
+def test_resume_takes_the_saved_options_applies_some_and_refuses_the_rest_by_name():
+    saved = {"options": {"seeds": 2, "max_concurrent": 4, "max_failures": 2, "checkpoint_every": 1,
+                         "cpus_per_trial": 1.0, "gpus_per_trial": None, "epochs": None, "device": "auto"}}
+    opts = resume_options(saved, RunOptions(resume=True), given=set())
+    assert (opts.seeds, opts.max_concurrent) == (2, 4)  # not given: the experiment's own
+    opts = resume_options(saved, RunOptions(resume=True, max_failures=5, checkpoint_every=3),
+                          given={"max_failures", "checkpoint_every"})
+    assert (opts.max_failures, opts.checkpoint_every, opts.seeds) == (5, 3, 2)  # applied
+    with pytest.raises(ExperimentError, match=r"--max-concurrent 1 differs from the experiment's 4"):
+        resume_options(saved, RunOptions(resume=True, max_concurrent=1), given={"max_concurrent"})
+    with pytest.raises(ExperimentError, match=r"--cpus-per-trial 2.0 differs"):
+        resume_options(saved, RunOptions(resume=True, cpus_per_trial=2.0), given={"cpus_per_trial"})
+
+
+def test_precision_is_resolved_once_per_trial():
+    auto = TrainConfig(precision="auto", device="auto")
+    first = resolve_once(auto, None, has_gpu=False)
+    assert (first.device, first.precision) == ("cpu", "fp32")
+    # a restart of a trial that began in bf16 (on a GPU node) keeps bf16 even where there is no GPU
+    again = resolve_once(auto, "bf16", has_gpu=False)
+    assert (again.device, again.precision) == ("cpu", "bf16")
+    assert resolve_once(TrainConfig(precision="fp32"), "bf16", has_gpu=False).precision == "fp32"  # explicit stays

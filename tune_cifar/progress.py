@@ -1,0 +1,70 @@
+"""Compact progress for a running study, through Tune's callback interface (not by parsing its output).
+
+One line whenever a trial ends, and otherwise at most every `interval` seconds after an epoch:
+
+    [lr] 2/3 trials, 31/45 trial-epochs, 1:02 elapsed, ~0:28 left, best val_acc 0.4125 (lr=0.05)
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from typing import Any, Sequence, TextIO
+
+from ray import tune
+
+
+def clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+class StudyProgress(tune.Callback):
+    def __init__(self, study: str, metric: str, mode: str, keys: Sequence[str], trials: int, trial_epochs: int,
+                 interval: float = 10.0, stream: TextIO | None = None):
+        self.study, self.metric, self.mode, self.keys = study, metric, mode, list(keys)
+        self.trials, self.trial_epochs = trials, trial_epochs
+        self.interval = interval
+        self.stream = stream or sys.stderr
+        self.start = time.monotonic()
+        self.last_line = -math.inf
+        self.epochs: dict[str, int] = {}  # trial id -> epochs reported (the latest epoch number)
+        self.ended: set[str] = set()
+        self.best: tuple[float, str] | None = None
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        epoch = result.get("epoch")
+        if epoch is None:
+            return
+        self.epochs[trial.trial_id] = int(epoch)
+        value = result.get(self.metric)
+        if value is not None and math.isfinite(value) and not result.get("diverged"):
+            if self.best is None or (value > self.best[0] if self.mode == "max" else value < self.best[0]):
+                config = trial.config
+                self.best = (value, ", ".join(f"{k}={_short(config.get(k))}" for k in self.keys))
+        if time.monotonic() - self.last_line >= self.interval:
+            self.line()
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.ended.add(trial.trial_id)
+        self.line()
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.ended.add(trial.trial_id)
+        self.line(note=f"trial {trial.trial_id} failed")
+
+    def line(self, note: str = "") -> None:
+        self.last_line = time.monotonic()
+        elapsed = self.last_line - self.start
+        done = sum(self.epochs.values())
+        total = max(self.trial_epochs, done)
+        left = f", ~{clock(elapsed / done * (total - done))} left" if 0 < done < total else ""
+        best = f", best {self.metric} {self.best[0]:.4f} ({self.best[1]})" if self.best else ""
+        print(f"[{self.study}] {len(self.ended)}/{self.trials} trials, {done}/{total} trial-epochs, "
+              f"{clock(elapsed)} elapsed{left}{best}" + (f"; {note}" if note else ""), file=self.stream, flush=True)
+
+
+def _short(value: Any) -> str:
+    return format(value, ".4g") if isinstance(value, float) else str(value)

@@ -1,0 +1,237 @@
+"""How a study's space is searched: the searcher (grid, random, Optuna's TPE, HyperOpt), how many
+samples, and the scheduler (FIFO, ASHA, PBT). Checked here before Ray starts; built into Tune's
+objects only when a study runs.
+
+A study's SPACE maps fields to plain lists (grid axes) or Tune's sampling domains
+(`tune.loguniform`, `tune.uniform`, `tune.choice`, ...). Grid and random search use Tune's
+BasicVariantGenerator (lists crossed, domains sampled `num_samples` times); Optuna and HyperOpt see
+lists as categorical choices.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import random
+from dataclasses import dataclass, replace
+from typing import Any, Mapping
+
+from tune_cifar.config import ConfigError, TrainConfig
+from tune_cifar.schema import MUTABLE_FIELDS
+
+SEARCHES = ("grid", "random", "optuna", "hyperopt")
+SCHEDULERS = ("fifo", "asha", "pbt")
+# Where each searcher's package comes from: the extra that installs it.
+SEARCH_PACKAGES = {"optuna": ("optuna", "tune-cifar[search]"), "hyperopt": ("hyperopt", "tune-cifar[search]")}
+# Fields PBT may never differ in across its members: an exploit copies one member's weights into another.
+NETWORK_FIELDS = ("model", "batch_size")
+
+
+@dataclass(frozen=True)
+class SearchPlan:
+    search: str = "grid"  # one of SEARCHES
+    num_samples: int = 1  # configurations drawn by a sampler (grid: repeats of the whole grid)
+    scheduler: str = "fifo"  # one of SCHEDULERS: fifo runs every trial to its end
+    grace_period: int | None = None  # ASHA: epochs every trial gets before the first cut (None: epochs // 16)
+    reduction_factor: int = 4  # ASHA: a quarter of the trials at a rung go on to the next
+    perturbation_interval: int | None = None  # PBT: epochs between exploit/explore steps (None: epochs // 10)
+    search_seed: int = 0  # seeds the sampler and the scheduler's own draws, so a search can be repeated
+
+    def resolved(self, epochs: int) -> "SearchPlan":
+        """Defaults that depend on the study's epochs filled in."""
+        plan = self
+        if plan.scheduler == "asha" and plan.grace_period is None:
+            plan = replace(plan, grace_period=max(1, epochs // 16))
+        if plan.scheduler == "pbt" and plan.perturbation_interval is None:
+            plan = replace(plan, perturbation_interval=max(1, epochs // 10))
+        return plan
+
+    def label(self) -> str:
+        """`TPE + ASHA`, `random`, `grid`: how the budget comparison names a strategy."""
+        search = {"optuna": "TPE", "hyperopt": "HyperOpt TPE"}.get(self.search, self.search)
+        return search if self.scheduler == "fifo" else f"{search} + {self.scheduler.upper()}"
+
+
+def is_domain(value: Any) -> bool:
+    """A Tune sampling domain (tune.loguniform(...), tune.choice(...)), as opposed to a grid list."""
+    return hasattr(value, "sample") and hasattr(value, "get_sampler")
+
+
+def grid_size(space: Mapping[str, Any]) -> int:
+    return math.prod(len(v) for v in space.values() if not is_domain(v))
+
+
+def sampled_fields(space: Mapping[str, Any]) -> list[str]:
+    return [k for k, v in space.items() if is_domain(v)]
+
+
+def edge_values(domain: Any) -> list[Any]:
+    """The values a domain can produce at its edges (categories, or lower and just-below-upper bounds)."""
+    if hasattr(domain, "categories"):
+        return list(domain.categories)
+    lower, upper = domain.lower, domain.upper
+    if type(domain).__name__ == "Integer":
+        return [lower, upper - 1]  # tune.randint's upper bound is exclusive
+    return [lower, math.nextafter(float(upper), float(lower))]  # floats are drawn from [lower, upper)
+
+
+def describe(value: Any) -> str:
+    """`loguniform(0.001, 1)`, `choice(constant, cosine)`, `[0.01, 0.05]`."""
+    if not is_domain(value):
+        return "[" + ", ".join(map(str, value)) + "]"
+    if hasattr(value, "categories"):
+        return "choice(" + ", ".join(map(str, value.categories)) + ")"
+    sampler = type(value.get_sampler()).__name__.lstrip("_")
+    quantum = getattr(value.get_sampler(), "q", None)
+    if quantum is not None:  # tune.q*(): a Quantized wrapper around the real sampler
+        sampler = type(value.get_sampler().sampler).__name__.lstrip("_")
+    name = {"LogUniform": "loguniform", "Uniform": "uniform", "Normal": "normal"}.get(sampler, sampler.lower())
+    if type(value).__name__ == "Integer" and name == "uniform":
+        name = "randint"
+    return f"{'q' if quantum else ''}{name}({value.lower:g}, {value.upper:g}{f', {quantum:g}' if quantum else ''})"
+
+
+def validate_space(space: Mapping[str, Any], base: TrainConfig) -> None:
+    """Every grid value and every domain's edges make a valid TrainConfig over `base` (ConfigError if not)."""
+    for key, value in space.items():
+        values = edge_values(value) if is_domain(value) else list(value)
+        if not values:
+            raise ConfigError(f"the space of {key!r} is empty")
+        for v in values:
+            try:
+                base.replace(**{key: v})
+            except ConfigError as e:
+                where = f" (an edge of {describe(value)})" if is_domain(value) else ""
+                raise ConfigError(f"{e}{where}") from None
+
+
+def num_trials(space: Mapping[str, Any], plan: SearchPlan, seeds: int) -> int:
+    """Trials Tune will create: every grid point `num_samples` times for grid/random (times seeds),
+    `num_samples` (times seeds, as repeats) for the model-based searchers."""
+    if plan.search in ("grid", "random"):
+        return grid_size(space) * plan.num_samples * seeds
+    return plan.num_samples * seeds
+
+
+def check(space: Mapping[str, Any], plan: SearchPlan, epochs: int, seeds: int) -> SearchPlan:
+    """Refuse combinations that cannot work, with one line naming what to change; return the resolved plan."""
+    if plan.search not in SEARCHES:
+        raise ConfigError(f"--search must be one of {', '.join(SEARCHES)}, not {plan.search!r}")
+    if plan.scheduler not in SCHEDULERS:
+        raise ConfigError(f"--scheduler must be one of {', '.join(SCHEDULERS)}, not {plan.scheduler!r}")
+    if plan.num_samples < 1:
+        raise ConfigError(f"--num-samples must be >= 1, not {plan.num_samples}")
+    sampled = sampled_fields(space)
+    if plan.search == "grid" and sampled:
+        raise ConfigError(f"--search grid needs lists, but this study samples {', '.join(sampled)}; "
+                          f"use --search random, optuna or hyperopt")
+    if plan.search == "grid" and plan.num_samples > 1:
+        raise ConfigError("--search grid runs every grid point once; repeat it with --seeds, or sample with "
+                          "--search random --num-samples N")
+    if plan.search in SEARCH_PACKAGES:
+        module, extra = SEARCH_PACKAGES[plan.search]
+        if importlib.util.find_spec(module) is None:
+            raise ConfigError(f"--search {plan.search} needs the {module} package, which is not installed: "
+                              f"pip install '{extra}'")
+        if seeds > 1 and plan.scheduler != "fifo":
+            raise ConfigError(f"--seeds {seeds} with --search {plan.search} repeats each sampled configuration and "
+                              f"reports the mean, which a {plan.scheduler.upper()} scheduler cannot judge per trial; "
+                              f"use --scheduler fifo, or --seeds 1")
+    plan = plan.resolved(epochs)
+    if plan.scheduler == "asha":
+        if not 1 <= plan.grace_period < epochs:
+            raise ConfigError(f"--grace-period must be at least 1 and below the study's {epochs} epochs (ASHA "
+                              f"cuts trials after it), not {plan.grace_period}")
+        if plan.reduction_factor < 2:
+            raise ConfigError(f"--reduction-factor must be >= 2, not {plan.reduction_factor}")
+    if plan.scheduler == "pbt":
+        if plan.search not in ("grid", "random"):
+            raise ConfigError(f"--scheduler pbt explores by itself and cannot be combined with --search "
+                              f"{plan.search}; use --search random")
+        mutable = [k for k in space if k in MUTABLE_FIELDS]
+        if not mutable:
+            raise ConfigError(f"--scheduler pbt mutates {', '.join(MUTABLE_FIELDS)}, and this study's space "
+                              f"varies none of them ({', '.join(space)})")
+        network = [k for k in space if k in NETWORK_FIELDS]
+        if network:
+            raise ConfigError(f"--scheduler pbt copies weights between trials, so they must share one network; "
+                              f"this study varies {', '.join(network)}")
+        if not 1 <= plan.perturbation_interval < epochs:
+            raise ConfigError(f"--perturbation-interval must be at least 1 and below the study's {epochs} epochs, "
+                              f"not {plan.perturbation_interval}")
+    return plan
+
+
+def asha_expected_trial_epochs(epochs: int, grace_period: int, reduction_factor: int) -> float:
+    """Epochs one trial runs on average under synchronous successive halving: every trial reaches the
+    first rung, 1/rf of them the next, and so on up to `epochs` (asynchronous ASHA promotes a little more)."""
+    rungs = []
+    milestone = grace_period
+    while milestone < epochs:
+        rungs.append(milestone)
+        milestone *= reduction_factor
+    total, start = 0.0, 0
+    for i, stop in enumerate([*rungs, epochs]):
+        total += (stop - start) / reduction_factor ** i
+        start = stop
+    return total
+
+
+# ---------------------------------------------------------------------------------------------
+# Tune objects (imported lazily: nothing above needs Ray)
+
+
+def tune_space(space: Mapping[str, Any], plan: SearchPlan) -> dict[str, Any]:
+    """The study's space in the form the searcher takes: grid axes for Tune's generator, choices for the rest."""
+    from ray import tune
+
+    out = {}
+    for key, value in space.items():
+        if is_domain(value):
+            out[key] = value
+        elif plan.search in ("grid", "random"):
+            out[key] = tune.grid_search(list(value))
+        else:
+            out[key] = tune.choice(list(value))
+    return out
+
+
+def searcher(plan: SearchPlan, metric: str, mode: str, seeds: int, max_concurrent: int | None) -> Any:
+    """A Tune search algorithm, or None for Tune's own BasicVariantGenerator (grid and random)."""
+    if plan.search in ("grid", "random"):
+        return None
+    if plan.search == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        alg = OptunaSearch(metric=metric, mode=mode, seed=plan.search_seed)
+    else:
+        from ray.tune.search.hyperopt import HyperOptSearch
+
+        alg = HyperOptSearch(metric=metric, mode=mode, random_state_seed=plan.search_seed)
+    if seeds > 1:
+        from ray.tune.search import Repeater
+
+        alg = Repeater(alg, repeat=seeds)  # each sampled configuration once per seed; the searcher sees the mean
+    if max_concurrent:
+        from ray.tune.search import ConcurrencyLimiter
+
+        alg = ConcurrencyLimiter(alg, max_concurrent=max_concurrent)
+    return alg
+
+
+def scheduler(plan: SearchPlan, space: Mapping[str, Any], epochs: int) -> Any:
+    """A Tune trial scheduler, or None for FIFO (every trial to its end)."""
+    if plan.scheduler == "fifo":
+        return None
+    if plan.scheduler == "asha":
+        from ray.tune.schedulers import ASHAScheduler
+
+        return ASHAScheduler(time_attr="training_iteration", max_t=epochs, grace_period=plan.grace_period,
+                             reduction_factor=plan.reduction_factor, brackets=1)
+    from ray.tune.schedulers import PopulationBasedTraining
+
+    mutations = {k: (v if is_domain(v) else list(v)) for k, v in space.items() if k in MUTABLE_FIELDS}
+    random.seed(plan.search_seed)  # PBT draws its explore steps from Python's global generator
+    return PopulationBasedTraining(time_attr="training_iteration", perturbation_interval=plan.perturbation_interval,
+                                   hyperparam_mutations=mutations, quantile_fraction=0.25,
+                                   resample_probability=0.25)
