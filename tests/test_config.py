@@ -17,7 +17,7 @@ def test_unknown_key_is_named():
 
 
 @pytest.mark.parametrize("field,value", [
-    ("lr", 0), ("lr", -0.1), ("weight_decay", -1e-4), ("mixup_alpha", -0.2), ("schedule", "step"),
+    ("lr", 0), ("lr", -0.1), ("weight_decay", -1e-4), ("mixup_alpha", -0.2), ("schedule", "exponential"),
     ("model", "vgg99"), ("batch_size", 0), ("epochs", 0), ("val_fraction", 1.0), ("device", "tpu"),
 ])
 def test_invalid_value_names_its_field(field, value):
