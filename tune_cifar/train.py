@@ -95,11 +95,12 @@ class TrainState:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         saved = state.get("config", {}) if isinstance(state, dict) else {}
         # A field missing from a saved config is newer than the checkpoint, which ran with its default.
-        diff = [k for k in CHECKPOINT_FIELDS if saved.get(k, _DEFAULTS[k]) != getattr(self.cfg, k)]
+        saved = {k: saved.get(k, _DEFAULTS[k]) for k in CHECKPOINT_FIELDS}
+        diff = [k for k in CHECKPOINT_FIELDS if saved[k] != getattr(self.cfg, k)]
         if diff:
             raise CheckpointMismatch(
                 "checkpoint is from another configuration (" +
-                ", ".join(f"{k}: saved {saved.get(k)!r} vs {getattr(self.cfg, k)!r}" for k in diff) + ")"
+                ", ".join(f"{k}: saved {saved[k]!r} vs {getattr(self.cfg, k)!r}" for k in diff) + ")"
             )
         try:
             self.model.load_state_dict(state["model"])
