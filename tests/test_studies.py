@@ -21,7 +21,7 @@ def test_the_reports_four_studies_and_the_chain():
 
 
 def test_unknown_study_lists_the_available_ones():
-    with pytest.raises(StudyError, match="unknown study 'lrx'; available: all, lr, lrs"):
+    with pytest.raises(StudyError, match="unknown study 'lrx'; available: all, cutmix, depth, dropout, lr, lrs, "):
         load_study("lrx")
 
 
@@ -67,3 +67,37 @@ def test_winner_is_best_mean_over_seeds_and_never_diverged():
     table = final_table(df, study)
     assert table.set_index("lr")["seeds"].to_dict() == {0.01: 2, 0.05: 2, 0.5: 1}
     assert winner(df, study) == {"lr": 0.05}  # mean 0.43 beats 0.42; the diverged 0.90 never wins
+
+
+ISSUE_12_STUDIES = {
+    "schedules": ("schedule", ["cosine", "step", "warmup_cosine", "onecycle"]),
+    "smoothing": ("label_smoothing", [0.0, 0.05, 0.1, 0.2]),
+    "mixup_alpha": ("mixup_alpha", [0.1, 0.2, 0.4, 1.0]),
+    "cutmix": ("mix", ["none", "cutmix", "mixup"]),
+    "dropout": ("dropout", [0.0, 0.2, 0.5]),
+    "depth": ("drop_path", [0.0, 0.1, 0.2]),
+    "models": ("model", ["mobilenet", "mobilenetv2", "resnet18"]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ISSUE_12_STUDIES))
+def test_issue_12_studies_load_and_start_from_the_reports_best(name):
+    import importlib
+
+    field, values = ISSUE_12_STUDIES[name]
+    study = load_study(name)
+    assert study.space == {field: values} and study.description and study.metric == "val_acc"
+    assert (importlib.import_module(f"search_spaces.{name}").__doc__ or "").strip()
+    configs = study.configs()
+    assert [getattr(c, field) for c in configs] == values
+    for c in configs:
+        assert (c.lr, c.weight_decay, c.epochs) == (0.05, 5e-4, 300)
+        assert c.schedule == "cosine" or field == "schedule"
+        assert c.model == ("resnet18" if name == "depth" else c.model if field == "model" else "mobilenet")
+
+
+def test_the_cutmix_study_is_off_cutmix_and_mixup():
+    off, cut, mix = load_study("cutmix").configs()
+    assert (off.mix, cut.mix, mix.mix) == ("none", "cutmix", "mixup")
+    assert (mix.mixup_alpha, cut.cutmix_alpha, cut.cutmix_prob) == (0.2, 1.0, 0.5)
+    assert "_report_best" not in available_studies()
