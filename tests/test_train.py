@@ -290,3 +290,13 @@ def test_a_checkpoint_saved_before_the_issue_12_fields_resumes_with_their_defaul
     assert train(cfg, small_data, resume_from=old)["epoch"] == 2
     with pytest.raises(CheckpointMismatch, match="label_smoothing: saved 0.0 vs 0.1"):
         train(cfg.replace(label_smoothing=0.1), small_data, resume_from=old)
+
+
+def test_resuming_takes_momentum_and_weight_decay_from_the_config_not_the_checkpoint():
+    """PBT continues a donor's state with its own mutated values (schema.MUTABLE_FIELDS)."""
+    from tune_cifar.train import TrainState
+
+    donor = TrainState(TrainConfig(weight_decay=5e-4, momentum=0.9), torch.device("cpu"))
+    clone = TrainState(TrainConfig(weight_decay=1e-4, momentum=0.8), torch.device("cpu"))
+    clone.load_state_dict(donor.state_dict())
+    assert {(g["weight_decay"], g["momentum"]) for g in clone.optimizer.param_groups} == {(1e-4, 0.8)}

@@ -105,6 +105,10 @@ class TrainState:
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
+            # The saved groups hold the saver's momentum and weight decay; PBT continues a donor's state
+            # with its own mutated values, so the config's win (the lr is set every epoch anyway).
+            for group in self.optimizer.param_groups:
+                group.update(momentum=self.cfg.momentum, weight_decay=self.cfg.weight_decay)
             self.epoch = int(state["epoch"])
             torch.set_rng_state(state["torch_rng"])
         except (KeyError, RuntimeError, TypeError, ValueError) as e:
