@@ -12,9 +12,9 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from tune_cifar.config import TrainConfig
 from tune_cifar.data import read_cifar100, write_synthetic
-from tune_cifar.train import CheckpointMismatch, MixupPlan, lr_at, mixup, mixup_loss_and_hits, train
 from tune_cifar.mixing import CutmixPlan, cutmix_boxes, draw_mixing
 from tune_cifar.schedules import onecycle_lr
+from tune_cifar.train import CheckpointMismatch, MixupPlan, lr_at, mixup, mixup_loss_and_hits, train
 from tune_cifar.train import make_optimizer
 
 METRICS = {"epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "diverged", "images_per_s", "epoch_s"}
@@ -146,7 +146,7 @@ def test_cli_bad_input_is_one_line(tmp_path):
 def test_label_smoothing_is_the_smoothed_cross_entropy_and_composes_with_mixup():
     torch.manual_seed(0)
     logits, y, y2, lam, eps = torch.randn(6, 10), torch.arange(6), torch.tensor([3, 3, 0, 9, 1, 2]), 0.3, 0.1
-    smoothed = lambda t: (1 - eps) * F.one_hot(t, 10) + eps / 10  # noqa: E731 (the definition: Szegedy et al.)
+    smoothed = lambda t: (1 - eps) * F.one_hot(t, 10) + eps / 10  # the definition (Szegedy et al. 2016)
     assert F.cross_entropy(logits, y, label_smoothing=eps).item() == pytest.approx(
         -(smoothed(y) * logits.log_softmax(1)).sum(1).mean().item(), rel=1e-6)
     loss, _ = mixup_loss_and_hits(logits, y, y2, torch.tensor(lam), label_smoothing=eps)

@@ -86,14 +86,14 @@ class MixupPlan:
     perm: torch.Tensor  # (N,) int64: within batch i, perm[start:end] is a permutation of 0..b-1
 
     @classmethod
-    def draw(cls, alpha: float, num_examples: int, batch_size: int, seed: int, epoch: int) -> "MixupPlan":
+    def draw(cls, alpha: float, num_examples: int, batch_size: int, seed: int, epoch: int) -> MixupPlan:
         num_batches = len(range(0, num_examples, batch_size))
         rng = np.random.default_rng(np.random.SeedSequence([seed, epoch, MIXUP_LAMBDA]))
         lam = torch.tensor(rng.beta(alpha, alpha, size=num_batches), dtype=torch.float32)
         perm = batch_permutations(num_examples, batch_size, epoch_generator(seed, epoch, stream=MIXUP_PERM))
         return cls(lam, perm)
 
-    def to(self, device: torch.device) -> "MixupPlan":
+    def to(self, device: torch.device) -> MixupPlan:
         return MixupPlan(self.lam.to(device), self.perm.to(device))
 
     def mixes(self, step: int) -> bool:
@@ -114,7 +114,7 @@ class CutmixPlan:
 
     @classmethod
     def draw(cls, alpha: float, prob: float, num_examples: int, batch_size: int, seed: int, epoch: int,
-             size: tuple[int, int] = IMAGE_SHAPE[1:]) -> "CutmixPlan":
+             size: tuple[int, int] = IMAGE_SHAPE[1:]) -> CutmixPlan:
         n = len(range(0, num_examples, batch_size))
         rng = np.random.default_rng(np.random.SeedSequence([seed, epoch, CUTMIX_DRAWS]))
         lam = rng.beta(alpha, alpha, size=n)  # the drawn kept share; the box's clipping changes it
@@ -124,7 +124,7 @@ class CutmixPlan:
         perm = batch_permutations(num_examples, batch_size, epoch_generator(seed, epoch, stream=CUTMIX_PERM))
         return cls(mixed, torch.from_numpy(box), torch.tensor(kept, dtype=torch.float32), perm)
 
-    def to(self, device: torch.device) -> "CutmixPlan":
+    def to(self, device: torch.device) -> CutmixPlan:
         return CutmixPlan(self.mixed, self.box.to(device), self.lam.to(device), self.perm.to(device))
 
     def mixes(self, step: int) -> bool:

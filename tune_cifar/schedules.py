@@ -28,7 +28,7 @@ ONECYCLE_DIV = 25.0  # initial lr = lr / 25
 ONECYCLE_FINAL_DIV = 1e4  # final lr = initial lr / 1e4
 
 
-def schedule_lr(cfg: "TrainConfig", epoch: int, step: int = 0, steps_per_epoch: int = 1) -> float:
+def schedule_lr(cfg: TrainConfig, epoch: int, step: int = 0, steps_per_epoch: int = 1) -> float:
     """The lr of optimiser step `step` (0-based, within 0-based `epoch`) under `cfg.schedule`."""
     name = cfg.schedule
     if name == "constant":
@@ -46,7 +46,8 @@ def schedule_lr(cfg: "TrainConfig", epoch: int, step: int = 0, steps_per_epoch: 
 
 def lr_at(base_lr: float, schedule: str, epoch: int, epochs: int) -> float:
     """lr during 0-based `epoch` (its first step) under `schedule` with that schedule's default parameters."""
-    from tune_cifar.config import TrainConfig  # imported here: config imports this module to validate milestones
+    # imported here: config imports this module to validate milestones
+    from tune_cifar.config import TrainConfig
 
     return schedule_lr(TrainConfig(lr=base_lr, schedule=schedule, epochs=epochs), epoch)
 
