@@ -1,9 +1,7 @@
 """results.py: reading Tune's result files without losing records, statuses, and the empty-trial row."""
 
 import json
-import math
 
-import pandas as pd
 import pytest
 
 from tune_cifar.experiment import RunOptions, resources, resume_options, ExperimentError

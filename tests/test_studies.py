@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 import search_spaces
-from tune_cifar.experiment import RunOptions, param_space
+from tune_cifar.experiment import RunOptions, param_space, search_plan
 from tune_cifar.results import final_table, winner
 from tune_cifar.studies import StudyError, available_studies, load_study, study_order
 
@@ -22,8 +22,10 @@ def test_the_reports_four_studies_and_the_chain():
 
 
 def test_unknown_study_lists_the_available_ones():
-    with pytest.raises(StudyError, match="unknown study 'lrx'; available: all, lr, lrs"):
+    with pytest.raises(StudyError, match="unknown study 'lrx'; available: ") as err:
         load_study("lrx")
+    assert str(err.value).split("available: ")[1].split(", ") == available_studies()
+    assert {"all", "lr", "lrs", "wd", "mixup", "joint"} <= set(available_studies())
 
 
 def test_adding_a_study_is_adding_a_file(tmp_path, monkeypatch):
@@ -47,7 +49,8 @@ def test_carried_values_replace_the_base_but_not_the_space():
 
 
 def test_param_space_grids_the_space_and_seeds():
-    space = param_space(load_study("lr"), RunOptions(seeds=3, epochs=2, data_dir="/d"), carried={})
+    study, opts = load_study("lr"), RunOptions(seeds=3, epochs=2, data_dir="/d")
+    space = param_space(study, opts, {}, search_plan(study, opts))
     assert space["lr"] == {"grid_search": [0.01, 0.05, 0.5]}
     assert space["seed"] == {"grid_search": [0, 1, 2]}
     assert space["epochs"] == 2 and space["data_dir"] == "/d" and space["schedule"] == "constant"
@@ -110,3 +113,37 @@ def test_study_sizes_come_from_the_study_modules():
     assert chain.num_trials(seeds=3) == 3 * 9
     assert load_study("lr").trial_epochs(seeds=2, epochs=4) == 3 * 2 * 4
     assert study_order()[:5] == ["lr", "lrs", "wd", "mixup", "all"]
+
+
+ISSUE_12_STUDIES = {
+    "schedules": ("schedule", ["cosine", "step", "warmup_cosine", "onecycle"]),
+    "smoothing": ("label_smoothing", [0.0, 0.05, 0.1, 0.2]),
+    "mixup_alpha": ("mixup_alpha", [0.1, 0.2, 0.4, 1.0]),
+    "cutmix": ("mix", ["none", "cutmix", "mixup"]),
+    "dropout": ("dropout", [0.0, 0.2, 0.5]),
+    "depth": ("drop_path", [0.0, 0.1, 0.2]),
+    "models": ("model", ["mobilenet", "mobilenetv2", "resnet18"]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ISSUE_12_STUDIES))
+def test_issue_12_studies_load_and_start_from_the_reports_best(name):
+    import importlib
+
+    field, values = ISSUE_12_STUDIES[name]
+    study = load_study(name)
+    assert study.space == {field: values} and study.description and study.metric == "val_acc"
+    assert (importlib.import_module(f"search_spaces.{name}").__doc__ or "").strip()
+    configs = study.configs()
+    assert [getattr(c, field) for c in configs] == values
+    for c in configs:
+        assert (c.lr, c.weight_decay, c.epochs) == (0.05, 5e-4, 300)
+        assert c.schedule == "cosine" or field == "schedule"
+        assert c.model == ("resnet18" if name == "depth" else c.model if field == "model" else "mobilenet")
+
+
+def test_the_cutmix_study_is_off_cutmix_and_mixup():
+    off, cut, mix = load_study("cutmix").configs()
+    assert (off.mix, cut.mix, mix.mix) == ("none", "cutmix", "mixup")
+    assert (mix.mixup_alpha, cut.cutmix_alpha, cut.cutmix_prob) == (0.2, 1.0, 0.5)
+    assert "_report_best" not in available_studies()

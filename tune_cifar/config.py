@@ -7,7 +7,8 @@ import dataclasses
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
-from tune_cifar.schema import DEVICES, MODEL_NAMES, PRECISIONS, SCHEDULES
+from tune_cifar.schedules import milestone_epochs
+from tune_cifar.schema import DEVICES, MIXES, MODEL_NAMES, PRECISIONS, RESIDUAL_MODELS, SCHEDULES
 
 
 class ConfigError(ValueError):
@@ -17,14 +18,30 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class TrainConfig:
     model: str = "mobilenet"  # a name registered in tune_cifar.models
-    lr: float = 0.05  # initial SGD learning rate (per batch of `batch_size`)
-    schedule: str = "constant"  # "constant" or "cosine" (CosineAnnealingLR, T_max=epochs, eta_min=0), stepped per epoch
+    dropout: float = 0.0  # P(zero) of each pooled feature before the classifier, every model; 0 = off
+    # Stochastic depth, resnet18 only: block i of n drops its residual branch per sample with rate
+    # drop_path * i / (n - 1), from 0 at the first block to drop_path at the last; 0 = off.
+    drop_path: float = 0.0
+    lr: float = 0.05  # initial SGD learning rate (per batch of `batch_size`); the peak under warm-up and onecycle
+    # "constant", "cosine" (the report's two, per epoch), "step", "warmup_cosine" (per epoch) or
+    # "onecycle" (per optimiser step); each defined in tune_cifar/schedules.py.
+    schedule: str = "constant"
+    step_milestones: str = "30%,60%,80%"  # "step": epochs (0-based, decay from there on) or % of `epochs`
+    step_gamma: float = 0.2  # "step": lr factor at each milestone (pytorch-cifar100: x0.2 at 30/60/80%)
+    warmup_epochs: int = 5  # "warmup_cosine": epoch e < warmup_epochs uses lr * (e + 1) / (warmup_epochs + 1)
     weight_decay: float = 0.0  # SGD's coupled L2 coefficient
-    momentum: float = 0.9  # SGD momentum, no Nesterov
+    momentum: float = 0.9  # SGD momentum, fixed under every schedule (onecycle does not cycle it)
+    nesterov: bool = False  # SGD's Nesterov momentum (needs momentum > 0); the report used plain momentum
     epochs: int = 15  # full passes over the training split
     batch_size: int = 128  # images per optimiser step; the last partial batch is kept
-    mixup_alpha: float = 0.0  # Beta(alpha, alpha) for mixup; 0 = off
-    seed: int = 0  # model init, shuffling, augmentation and mixup draws
+    label_smoothing: float = 0.0  # training loss only, F.cross_entropy(label_smoothing=); val/test stay plain CE
+    # Batch mixing, one kind at a time: "mixup" (on when mixup_alpha > 0: the report's), "cutmix" or
+    # "none". One field picks, so a study can compare off / mixup / cutmix as a grid over `mix`.
+    mix: str = "mixup"
+    mixup_alpha: float = 0.0  # Beta(alpha, alpha) for mixup's weight; 0 = off; used when mix = "mixup"
+    cutmix_alpha: float = 1.0  # Beta(alpha, alpha) for cutmix's kept share (Yun et al.: 1.0); mix = "cutmix"
+    cutmix_prob: float = 1.0  # mix = "cutmix": P(a batch is cut-mixed); the other batches train clean
+    seed: int = 0  # model init, shuffling, augmentation, mixing, dropout and drop-path draws
     split_seed: int = 0  # train/val split, as random_split with Generator().manual_seed(split_seed)
     val_fraction: float = 0.2  # share of the 50,000 training images held out for validation
     data_dir: str = "./data"  # folder holding cifar-100-python/
@@ -53,15 +70,30 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def __post_init__(self) -> None:
+        milestones_error = _milestones_error(self.step_milestones)
         checks = [
             ("model", self.model in MODEL_NAMES, f"must be one of {', '.join(MODEL_NAMES)}"),
             ("lr", self.lr > 0, "must be > 0"),
+            ("dropout", 0 <= self.dropout < 1, "must be in [0, 1)"),
+            ("drop_path", 0 <= self.drop_path < 1, "must be in [0, 1)"),
+            ("drop_path", self.drop_path == 0 or self.model in RESIDUAL_MODELS,
+             f"needs residual blocks: only {', '.join(RESIDUAL_MODELS)} implements stochastic depth, not {self.model}"),
             ("schedule", self.schedule in SCHEDULES, f"must be one of {', '.join(SCHEDULES)}"),
+            ("step_milestones", milestones_error is None, milestones_error),
+            ("step_gamma", self.step_gamma > 0, "must be > 0"),
+            ("warmup_epochs", self.warmup_epochs >= 0, "must be >= 0"),
             ("weight_decay", self.weight_decay >= 0, "must be >= 0"),
             ("momentum", 0 <= self.momentum < 1, "must be in [0, 1)"),
+            ("nesterov", not self.nesterov or self.momentum > 0, "needs momentum > 0"),
             ("epochs", self.epochs >= 1, "must be >= 1"),
             ("batch_size", self.batch_size >= 1, "must be >= 1"),
+            ("label_smoothing", 0 <= self.label_smoothing < 1, "must be in [0, 1)"),
+            ("mix", self.mix in MIXES, f"must be one of {', '.join(MIXES)}"),
             ("mixup_alpha", self.mixup_alpha >= 0, "must be >= 0 (0 turns mixup off)"),
+            ("cutmix_alpha", self.cutmix_alpha >= 0, "must be >= 0"),
+            ("cutmix_alpha", self.cutmix_alpha > 0 or self.mix != "cutmix",
+             "must be > 0 when mix = 'cutmix' (mix = 'none' turns mixing off)"),
+            ("cutmix_prob", 0 <= self.cutmix_prob <= 1, "must be in [0, 1]"),
             ("val_fraction", 0 < self.val_fraction < 1, "must be between 0 and 1"),
             ("device", self.device in DEVICES, f"must be one of {', '.join(DEVICES)}"),
             ("precision", self.precision in PRECISIONS, f"must be one of {', '.join(PRECISIONS)}"),
@@ -70,6 +102,14 @@ class TrainConfig:
         for name, ok, rule in checks:
             if not ok:
                 raise ConfigError(f"invalid {name}={getattr(self, name)!r}: {rule}")
+
+
+def _milestones_error(text: str) -> str | None:
+    try:
+        milestone_epochs(text, epochs=100)  # the syntax does not depend on the number of epochs
+    except ValueError as e:
+        return f"{e}; e.g. '30%,60%,80%' or '60,120,160'"
+    return None
 
 
 _TYPES = {f.name: f.type for f in fields(TrainConfig)}

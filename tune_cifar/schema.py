@@ -5,8 +5,10 @@ Importing this module loads nothing but the standard library, so `analysis` can 
 
 from __future__ import annotations
 
-MODEL_NAMES = ("mobilenet", "resnet18")  # tune_cifar.models registers exactly these (tested)
-SCHEDULES = ("constant", "cosine")
+MODEL_NAMES = ("mobilenet", "mobilenetv2", "resnet18")  # tune_cifar.models registers exactly these (tested)
+RESIDUAL_MODELS = ("resnet18",)  # the models that implement stochastic depth (drop_path)
+SCHEDULES = ("constant", "cosine", "step", "warmup_cosine", "onecycle")  # defined in tune_cifar.schedules
+MIXES = ("mixup", "cutmix", "none")  # batch-mixing augmentations, one at a time (TrainConfig.mix)
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -22,8 +24,10 @@ FINAL_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", 
 # What makes two trials the same configuration; the seed is what statistics average over. The
 # other TrainConfig fields (data_dir, download, device, channels_last, compile, eval_batch_size)
 # say where and how fast a run went, not what it computed.
-CONFIGURATION_FIELDS = ("model", "lr", "schedule", "weight_decay", "momentum", "epochs", "batch_size",
-                        "mixup_alpha", "split_seed", "val_fraction", "precision")
+CONFIGURATION_FIELDS = ("model", "dropout", "drop_path", "lr", "schedule", "step_milestones", "step_gamma",
+                        "warmup_epochs", "weight_decay", "momentum", "nesterov", "epochs", "batch_size",
+                        "label_smoothing", "mix", "mixup_alpha", "cutmix_alpha", "cutmix_prob", "split_seed",
+                        "val_fraction", "precision")
 # Hyperparameters a run may change between epochs and still continue from its saved state: PBT
 # clones a donor's weights and momentum buffers and goes on with its own mutated values of these.
 MUTABLE_FIELDS = ("lr", "weight_decay", "momentum", "mixup_alpha")

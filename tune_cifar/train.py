@@ -10,60 +10,23 @@ import json
 import math
 import sys
 import time
-from dataclasses import dataclass
 from typing import Any, Callable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from tune_cifar.config import ConfigError, TrainConfig, add_config_flags, config_from_args
-from tune_cifar.data import CifarData, DataError, DeviceData, EpochPlan, epoch_generator, load_cifar100
+from tune_cifar.data import CifarData, DataError, DeviceData, EpochPlan, load_cifar100
+from tune_cifar.mixing import MixupPlan, draw_mixing, mixup, mixup_loss_and_hits  # noqa: F401 (re-exported)
 from tune_cifar.models import build_model
+from tune_cifar.schedules import PER_STEP, lr_at, schedule_lr  # noqa: F401 (lr_at re-exported)
 from tune_cifar.schema import CHECKPOINT_FIELDS
 
+_DEFAULTS = TrainConfig().to_dict()  # what a checkpoint saved before a field existed ran with
 
 
 class CheckpointMismatch(RuntimeError):
     """A saved state belongs to another configuration (model, study values, seed)."""
-
-
-def lr_at(base_lr: float, schedule: str, epoch: int, epochs: int) -> float:
-    """Learning rate used during 0-based `epoch`; cosine = CosineAnnealingLR(T_max=epochs, eta_min=0)."""
-    if schedule == "constant":
-        return base_lr
-    if schedule == "cosine":
-        return base_lr * (1 + math.cos(math.pi * epoch / epochs)) / 2
-    raise ValueError(f"unknown schedule {schedule!r}")
-
-
-def mixup(x: torch.Tensor, lam: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
-    """lam * x + (1 - lam) * x[perm]; lam is a 0-d tensor so no value leaves the device."""
-    return lam * x + (1 - lam) * x[perm]
-
-
-def mixup_loss_and_hits(logits: torch.Tensor, y: torch.Tensor, y_mix: torch.Tensor,
-                        lam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean mixed cross-entropy, and the lambda-weighted count of correct predictions (Zhang et al.)."""
-    loss = lam * F.cross_entropy(logits, y) + (1 - lam) * F.cross_entropy(logits, y_mix)
-    pred = logits.argmax(1)
-    hits = lam * (pred == y).sum() + (1 - lam) * (pred == y_mix).sum()
-    return loss, hits
-
-
-@dataclass
-class MixupPlan:
-    lam: torch.Tensor  # (num_batches,) float32, Beta(alpha, alpha) draws
-    perm: torch.Tensor  # (N,) int64: within batch i, perm[start:end] is a permutation of 0..b-1
-
-    @classmethod
-    def draw(cls, alpha: float, num_examples: int, batch_size: int, seed: int, epoch: int) -> "MixupPlan":
-        starts = range(0, num_examples, batch_size)
-        rng = np.random.default_rng(np.random.SeedSequence([seed, epoch, 1]))
-        lam = torch.tensor(rng.beta(alpha, alpha, size=len(starts)), dtype=torch.float32)
-        g = epoch_generator(seed, epoch, stream=2)
-        perm = torch.cat([torch.randperm(min(batch_size, num_examples - s), generator=g) for s in starts])
-        return cls(lam, perm)
 
 
 def pick_device(requested: str) -> torch.device:
@@ -96,6 +59,11 @@ def set_fp32_matmul(precision: str) -> None:
         torch.backends.cudnn.allow_tf32 = value == "tf32"
 
 
+def make_optimizer(params, cfg: TrainConfig) -> torch.optim.SGD:
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                           nesterov=cfg.nesterov)
+
+
 class TrainState:
     """Everything a resumed run needs: model, optimiser (momentum buffers), epochs done, RNG states.
 
@@ -106,11 +74,10 @@ class TrainState:
     def __init__(self, cfg: TrainConfig, device: torch.device):
         self.cfg = cfg
         torch.manual_seed(cfg.seed)
-        self.model = build_model(cfg.model).to(device)
+        self.model = build_model(cfg.model, dropout=cfg.dropout, drop_path=cfg.drop_path).to(device)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                         weight_decay=cfg.weight_decay)
+        self.optimizer = make_optimizer(self.model.parameters(), cfg)
         self.epoch = 0  # epochs completed
 
     def state_dict(self) -> dict[str, Any]:
@@ -127,17 +94,21 @@ class TrainState:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         saved = state.get("config", {}) if isinstance(state, dict) else {}
-        diff = [k for k in CHECKPOINT_FIELDS if saved.get(k) != getattr(self.cfg, k)]
+        # A field missing from a saved config is newer than the checkpoint, which ran with its default.
+        saved = {k: saved.get(k, _DEFAULTS[k]) for k in CHECKPOINT_FIELDS}
+        diff = [k for k in CHECKPOINT_FIELDS if saved[k] != getattr(self.cfg, k)]
         if diff:
             raise CheckpointMismatch(
                 "checkpoint is from another configuration (" +
-                ", ".join(f"{k}: saved {saved.get(k)!r} vs {getattr(self.cfg, k)!r}" for k in diff) + ")"
+                ", ".join(f"{k}: saved {saved[k]!r} vs {getattr(self.cfg, k)!r}" for k in diff) + ")"
             )
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
-            for group in self.optimizer.param_groups:  # the saved groups hold the saving run's values
-                group.update(weight_decay=self.cfg.weight_decay, momentum=self.cfg.momentum)
+            # The saved groups hold the saver's momentum and weight decay; PBT continues a donor's state
+            # with its own mutated values, so the config's win (the lr is set every epoch anyway).
+            for group in self.optimizer.param_groups:
+                group.update(momentum=self.cfg.momentum, weight_decay=self.cfg.weight_decay)
             self.epoch = int(state["epoch"])
             torch.set_rng_state(state["torch_rng"])
         except (KeyError, RuntimeError, TypeError, ValueError) as e:
@@ -151,7 +122,7 @@ EpochCallback = Callable[[dict[str, Any], TrainState], None]
 
 def evaluate(model: torch.nn.Module, data: DeviceData, split: str, cfg: TrainConfig,
              autocast: torch.autocast) -> tuple[float, float]:
-    """True mean cross-entropy and accuracy over a whole split."""
+    """True mean cross-entropy (never label-smoothed) and accuracy over a whole split."""
     model.eval()
     loss_sum = torch.zeros((), device=data.device, dtype=torch.float64)
     hits = torch.zeros((), device=data.device, dtype=torch.int64)
@@ -218,9 +189,8 @@ def _train(cfg: TrainConfig, data: CifarData | DeviceData, on_epoch: EpochCallba
     while state.epoch < cfg.epochs:
         epoch = state.epoch
         t0 = time.perf_counter()
-        lr = lr_at(cfg.lr, cfg.schedule, epoch, cfg.epochs)
-        for group in state.optimizer.param_groups:
-            group["lr"] = lr
+        lr = schedule_lr(cfg, epoch, 0, steps_per_epoch(data.num_train, cfg.batch_size))  # at the epoch's first step
+        set_lr(state.optimizer, lr)
         train_loss, train_acc = _train_epoch(step_model, state.optimizer, data, cfg, epoch, autocast)
         train_s = time.perf_counter() - t0
         val_loss, val_acc = evaluate(step_model, data, "val", cfg, autocast)
@@ -231,9 +201,9 @@ def _train(cfg: TrainConfig, data: CifarData | DeviceData, on_epoch: EpochCallba
             "lr": lr,  # the hyperparameters in force this epoch (PBT may change them between epochs)
             "weight_decay": cfg.weight_decay,
             "momentum": cfg.momentum,
-            "mixup_alpha": cfg.mixup_alpha,
+            "mixup_alpha": cfg.mixup_alpha if cfg.mix == "mixup" else 0.0,
             "train_loss": train_loss,
-            "train_acc": train_acc,  # under mixup: lambda-weighted against both labels
+            "train_acc": train_acc,  # under mixup and cutmix: lambda-weighted against both labels
             "val_loss": val_loss,
             "val_acc": val_acc,
             "diverged": diverged,
@@ -249,27 +219,40 @@ def _train(cfg: TrainConfig, data: CifarData | DeviceData, on_epoch: EpochCallba
     return metrics
 
 
+def steps_per_epoch(num_train: int, batch_size: int) -> int:
+    return math.ceil(num_train / batch_size)  # the last partial batch is a step
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr  # a Python float: setting it per step costs no device sync
+
+
 def _train_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, data: DeviceData, cfg: TrainConfig,
                  epoch: int, autocast: torch.autocast) -> tuple[float, float]:
     """One pass over the training split; loss and accuracy accumulate on the device (one sync at the end)."""
     model.train()
     plan = EpochPlan.draw(data.num_train, cfg.seed, epoch).to(data.device)
-    mix = (MixupPlan.draw(cfg.mixup_alpha, data.num_train, cfg.batch_size, cfg.seed, epoch)
-           if cfg.mixup_alpha > 0 else None)
+    mix = draw_mixing(cfg, data.num_train, epoch)
     if mix is not None:
-        lams, perms = mix.lam.to(data.device), mix.perm.to(data.device)
+        mix = mix.to(data.device)
+    per_step, steps = cfg.schedule in PER_STEP, steps_per_epoch(data.num_train, cfg.batch_size)
     loss_sum = torch.zeros((), device=data.device, dtype=torch.float64)
     hits = torch.zeros((), device=data.device, dtype=torch.float64)
     for step, (x, y) in enumerate(data.train_batches(plan, cfg.batch_size)):
+        if per_step:
+            set_lr(optimizer, schedule_lr(cfg, epoch, step, steps))
         with autocast:
-            if mix is None:
+            # Label smoothing is for the training loss only; evaluate() keeps plain cross-entropy so
+            # val/test losses compare across configurations.
+            if mix is None or not mix.mixes(step):
                 logits = model(_layout(x, cfg)).float()
-                loss = F.cross_entropy(logits, y)
+                loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
                 batch_hits = (logits.argmax(1) == y).sum()
             else:
-                lam, perm = lams[step], perms[step * cfg.batch_size : step * cfg.batch_size + len(y)]
-                logits = model(_layout(mixup(x, lam, perm), cfg)).float()
-                loss, batch_hits = mixup_loss_and_hits(logits, y, y[perm], lam)
+                x, lam, perm = mix.apply(step, x, cfg.batch_size)
+                logits = model(_layout(x, cfg)).float()
+                loss, batch_hits = mixup_loss_and_hits(logits, y, y[perm], lam, cfg.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
