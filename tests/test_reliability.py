@@ -19,7 +19,7 @@ import search_spaces
 from conftest import run_cli
 from tune_cifar.config import TrainConfig
 from tune_cifar.data import read_cifar100, write_synthetic
-from tune_cifar.run import SMOKE
+from tune_cifar.run import write_smoke
 from tune_cifar.train import CheckpointMismatch, train
 
 pytestmark = pytest.mark.slow
@@ -73,7 +73,7 @@ def test_killed_worker_resumes_from_checkpoint_with_the_metrics_of_an_uninterrup
     final = df[(df["config/lr"] == params["lr"]) & (df["epoch"] == 3)].iloc[0]
 
     # The same configuration without interruption, on the same generated data and thread count.
-    write_synthetic(tmp_path / "data", SMOKE["train"], SMOKE["test"], seed=0)
+    write_smoke(tmp_path / "data")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a trial with 1 CPU trains on 1 thread
     try:

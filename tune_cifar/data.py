@@ -135,16 +135,27 @@ def synthetic_images(labels: np.ndarray, seed: int, noise: float = 20.0) -> np.n
     return np.clip(pixels, 0, 255).astype(np.uint8)
 
 
-def write_synthetic(out: str | os.PathLike, num_train: int = 2000, num_test: int = 500, seed: int = 0) -> Path:
-    """Write a dataset in the exact CIFAR-100 python format (pickles `train`, `test`, `meta`)."""
+def write_synthetic(out: str | os.PathLike, num_train: int = 2000, num_test: int = 500, seed: int = 0,
+                    classes: int = NUM_CLASSES, noise: float = 20.0, label_noise: float = 0.0) -> Path:
+    """Write a dataset in the exact CIFAR-100 python format (pickles `train`, `test`, `meta`).
+
+    `classes`: how many of the 100 labels occur (balanced), so a small set has enough images per
+    class to learn from; `noise`: the pixel noise's std (0..255 units), i.e. how hard it is to see;
+    `label_noise`: the share of images (in every split) whose label is redrawn at random, which caps
+    the reachable accuracy below 1 and rewards regularisation, as real labels do.
+    """
     root = Path(out) / RELEASE_DIR
     root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     coarse_of_fine = np.arange(NUM_CLASSES) // 5
     for name, n, split_seed in (("train", num_train, seed), ("test", num_test, seed + 1)):
-        labels = np.resize(np.arange(NUM_CLASSES), n)  # balanced classes
+        labels = np.resize(np.arange(classes), n)  # balanced classes
         rng.shuffle(labels)
-        images = synthetic_images(labels, split_seed)
+        images = synthetic_images(labels, split_seed, noise)
+        if label_noise > 0:  # drawn only when asked for, so the default data stays as it was
+            flipped = rng.random(n) < label_noise
+            labels = labels.copy()
+            labels[flipped] = rng.integers(0, classes, int(flipped.sum()))
         payload = {
             "filenames": [f"synthetic_{name}_{i}.png" for i in range(n)],
             "batch_label": f"synthetic {name} (seed {seed})",

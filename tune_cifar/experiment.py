@@ -10,8 +10,11 @@ Layout under the storage path (local, NFS, s3:// or gs://):
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import logging
+import os
 import sys
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -270,7 +273,8 @@ def run_study(study: Study, data: CifarData, opts: RunOptions, storage: str, car
     per_trial = f"{res['cpu']:g} CPU" + (f" and {res['gpu']:g} GPU" if res["gpu"] else "")
     print(f"[{study.name}] {study.description}\n[{study.name}] {n_trials} trials of up to {epochs} epochs "
           f"({plan.label()}), {per_trial} each, carried {carried or 'nothing'}; results in {path}", file=sys.stderr)
-    grid = tuner.fit()
+    with _quiet_tune(not opts.verbose):
+        grid = tuner.fit()
     ended = grid.num_terminated + grid.num_errors
     if ended < n_trials:  # Tune returns normally on Ctrl-C/SIGTERM, with trials left unstarted or paused
         raise Interrupted(f"{ended} of {n_trials} trials of {study.name!r} ended; the rest are saved in {path}")
@@ -286,6 +290,28 @@ def run_study(study: Study, data: CifarData, opts: RunOptions, storage: str, car
     if grid.num_errors:
         print(f"[{study.name}] {grid.num_errors} trial(s) failed; see {path}; `--resume` retries them", file=sys.stderr)
     return df
+
+
+@contextlib.contextmanager
+def _quiet_tune(quiet: bool):
+    """Without --verbose, Tune's own console output (experiment boxes, trial tables, INFO lines) gives way
+    to our progress lines: its old reporter at verbosity 0 prints nothing, the new one still prints boxes."""
+    if not quiet:
+        yield
+        return
+    saved = os.environ.get("RAY_AIR_NEW_OUTPUT")
+    tune_logger = logging.getLogger("ray.tune")
+    level = tune_logger.level
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    tune_logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        tune_logger.setLevel(level)
+        if saved is None:
+            os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
+        else:
+            os.environ["RAY_AIR_NEW_OUTPUT"] = saved
 
 
 def run(study: Study, data: CifarData, opts: RunOptions, given: set[str] = frozenset()) -> dict[str, pd.DataFrame]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import socket
@@ -46,6 +47,7 @@ def checkpoint_due(epoch: int, epochs: int, diverged: bool, options: TrialOption
 
 
 def train_trial(config: dict[str, Any], data: CifarData, options: TrialOptions = TrialOptions()) -> None:
+    logging.getLogger("ray.train").setLevel(logging.WARNING)  # one "checkpoint created" INFO line per epoch otherwise
     config = dict(config)
     if "__trial_index__" in config:  # a Repeater's copy number: the training seed of that copy
         config["seed"] = int(config.pop("__trial_index__"))
