@@ -50,7 +50,7 @@ def smoke_all(ray_session, tmp_path_factory):
 def smoke_packed(ray_session, tmp_path_factory):
     """`lrs` with 2 seeds: 4 trials of 0.25 GPU and 0.5 CPU each, which fit on the one logical GPU at once."""
     storage = tmp_path_factory.mktemp("smoke-packed")
-    code, out = run_cli("lrs", "--smoke", "--seeds", "2", "--gpus-per-trial", "0.25", "--cpus-per-trial", "0.5",
+    code, out = run_cli("lrs", "--smoke", "--epochs", "2", "--seeds", "2", "--gpus-per-trial", "0.25", "--cpus-per-trial", "0.5",
                         "--storage-path", storage)
     return storage, code, out
 

@@ -224,7 +224,7 @@ def test_a_failing_trial_does_not_stop_the_others(ray_session, tmp_path, monkeyp
     (tmp_path / "spaces" / "somecuda.py").write_text(  # no CUDA here: the cuda trial fails at start
         'DESCRIPTION = "cpu vs cuda"\nBASE = dict(epochs=2)\nSPACE = {"device": ["cpu", "cuda"]}\n')
     monkeypatch.setattr(search_spaces, "__path__", [*search_spaces.__path__, str(tmp_path / "spaces")])
-    code, out = run_cli("somecuda", "--smoke", "--gpus-per-trial", "0", "--max-failures", "0",
+    code, out = run_cli("somecuda", "--smoke", "--epochs", "2", "--gpus-per-trial", "0", "--max-failures", "0",
                         "--storage-path", tmp_path / "r")
     assert code == 1, out
     df = pd.read_parquet(tmp_path / "r" / "somecuda" / "results.parquet")

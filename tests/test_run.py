@@ -29,15 +29,37 @@ def test_smoke_chain_runs_every_trial_and_writes_every_epoch(smoke_all):
         df = pd.read_parquet(storage / "all" / name / "results.parquet")
         assert df["trial_id"].nunique() == n_trials
         assert set(df["status"]) == {"finished"}
-        assert sorted(df.groupby("trial_id")["epoch"].apply(list).tolist()) == [[1, 2]] * n_trials
-        last = df[df["epoch"] == 2]
-        assert last["test_acc"].notna().all() and df.loc[df["epoch"] == 1, "test_acc"].isna().all()
+        assert sorted(df.groupby("trial_id")["epoch"].apply(list).tolist()) == [[1, 2, 3, 4, 5]] * n_trials
+        last = df[df["epoch"] == 5]
+        assert last["test_acc"].notna().all() and df.loc[df["epoch"] < 5, "test_acc"].isna().all()
+        assert set(df["config/precision"]) == {"fp32"} and set(df["config/device"]) == {"cpu"}  # as resolved
         assert {"config/lr", "config/schedule", "config/weight_decay", "config/mixup_alpha", "seed",
                 "train_loss", "val_acc", "images_per_s"} <= set(df.columns)
         info = _run_infos(storage / "all" / name)
         assert len(info) == n_trials
         assert all(i["study"] == name and i["versions"]["torch"] and "git_revision" in i for i in info)
     assert "winner (val_acc, max): lr=" in out and "== mixup" in out
+
+
+def test_the_smoke_chain_learns_and_every_study_is_decided_by_a_margin(smoke_all):
+    """The quick start must show the studies telling good settings from bad, not ties at chance."""
+    from tune_cifar.results import final_table
+    from tune_cifar.run import SMOKE
+    from tune_cifar.studies import load_study
+
+    storage, _, out = smoke_all
+    chance = 1 / SMOKE["classes"]
+    for name in ("lr", "lrs", "wd", "mixup"):
+        study = load_study(name)
+        table = final_table(pd.read_parquet(storage / "all" / name / "results.parquet"), list(study.space),
+                            study.metric, study.mode)
+        top, second = table["val_acc"].iloc[0], table["val_acc"].iloc[1]
+        assert top > second, (name, table)  # decided by a margin, not by the order of the grid
+        assert top > 5 * chance, (name, table)
+    lr = final_table(pd.read_parquet(storage / "all" / "lr" / "results.parquet"), ["lr"], "val_acc", "max")
+    assert lr["val_acc"].iloc[0] > 0.3 and lr.set_index("lr").loc[0.5, "val_acc"] < lr["val_acc"].iloc[0] - 0.2
+    assert not (table["val_acc"] >= 0.999).all()  # not trivial either
+    assert "== mixup" in out and out.count("winner (val_acc, max)") == 4
 
 
 def test_chain_carries_the_earlier_winners(smoke_all):
@@ -96,7 +118,7 @@ def test_two_node_cluster_runs_trials_on_both(tmp_path, isolated_ray):
         cluster.add_node(num_cpus=1)
         ray.init(address=cluster.address)
         from tune_cifar.run import main
-        code = main(["lr", "--smoke", "--storage-path", "{tmp_path}", "--gpus-per-trial", "0"])
+        code = main(["lr", "--smoke", "--epochs", "2", "--storage-path", "{tmp_path}", "--gpus-per-trial", "0"])
         nodes = {{json.loads(p.read_text())["node_id"] for p in Path("{tmp_path}", "lr").glob("*/run_info.json")}}
         print("NODES", len(nodes), "CODE", code)
         ray.shutdown(); cluster.shutdown()
@@ -116,7 +138,7 @@ def test_ray_job_submit_runs_a_smoke_study(tmp_path, isolated_ray):
                  f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}",
                  "--include-dashboard=true", "--disable-usage-stats"], env=env, timeout=120)
     submit = [ray, "job", "submit", f"--address=http://127.0.0.1:{dash}", f"--working-dir={REPO}", "--",
-              "python", "-m", "tune_cifar.run", "lr", "--smoke", "--storage-path", str(tmp_path)]
+              "python", "-m", "tune_cifar.run", "lr", "--smoke", "--epochs", "2", "--storage-path", str(tmp_path)]
     for _ in range(60):  # the head's job agent comes up a few seconds after `ray start` returns
         proc = subprocess.run(submit, capture_output=True, text=True, timeout=600, env=env)
         if "No available agent to submit job" not in proc.stderr + proc.stdout:
@@ -185,7 +207,7 @@ def test_ray_up_submit_down_on_localhost():
 
 def test_uri_storage_writes_results_and_is_never_overwritten(ray_session, tmp_path, capsys):
     uri = f"file://{tmp_path}/remote"  # the same code path as s3:// and gs:// (pyarrow filesystems)
-    code, out = run_cli("lr", "--smoke", "--storage-path", uri)  # no --gpus-per-trial: the default applies
+    code, out = run_cli("lr", "--smoke", "--epochs", "2", "--storage-path", uri)  # no --gpus-per-trial: the default applies
     assert code == 0, out
     experiment = tmp_path / "remote" / "lr"
     assert pd.read_parquet(experiment / "results.parquet")["trial_id"].nunique() == 3
@@ -193,11 +215,11 @@ def test_uri_storage_writes_results_and_is_never_overwritten(ray_session, tmp_pa
     assert len(infos) == 3
     assert all(i["resources"]["gpu"] == 0.25 for i in infos)  # the session's Ray declares one GPU
     before = (experiment / "results.parquet").read_bytes()
-    code, _ = run_cli("lr", "--smoke", "--gpus-per-trial", "0", "--storage-path", uri)
+    code, _ = run_cli("lr", "--smoke", "--epochs", "2", "--gpus-per-trial", "0", "--storage-path", uri)
     assert code == 2 and "already holds the same study" in capsys.readouterr().err
     assert (experiment / "results.parquet").read_bytes() == before
     (experiment / "study.json").write_text('{"study": "lr", "spa')  # cut short
-    code, _ = run_cli("lr", "--smoke", "--resume", "--storage-path", uri)
+    code, _ = run_cli("lr", "--smoke", "--epochs", "2", "--resume", "--storage-path", uri)
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and "study.json is unreadable" in err[-1]
     assert (experiment / "results.parquet").read_bytes() == before

@@ -1,0 +1,240 @@
+"""Search: sampled spaces, searchers and schedulers checked before Ray starts, and each run for real."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import search_spaces
+from conftest import run_cli, tune_statuses
+from tune_cifar.config import ConfigError, TrainConfig
+from tune_cifar.search import SearchPlan, asha_expected_trial_epochs, check, describe, validate_space
+from tune_cifar.studies import StudyError, load_study
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _tune():
+    return pytest.importorskip("ray.tune")
+
+
+# --- before Ray starts ---------------------------------------------------------------------------
+
+
+def test_impossible_combinations_are_refused_by_name():
+    tune = _tune()
+    sampled = {"lr": tune.loguniform(1e-3, 1.0), "schedule": ["constant", "cosine"]}
+    cases = [
+        (sampled, SearchPlan(search="grid"), 1, "--search grid needs lists, but this study samples lr"),
+        ({"lr": [0.1]}, SearchPlan(search="grid", num_samples=3), 1, "--search grid runs every grid point once"),
+        (sampled, SearchPlan(search="random", scheduler="asha", grace_period=10), 1,
+         "--grace-period must be at least 1 and below the study's 10 epochs"),
+        ({"schedule": ["constant", "cosine"]}, SearchPlan(search="random", scheduler="pbt"), 1,
+         "--scheduler pbt mutates lr, weight_decay, momentum, mixup_alpha, and this study's space varies none"),
+        ({"lr": [0.1, 0.2], "model": ["mobilenet", "resnet18"]}, SearchPlan(search="grid", scheduler="pbt"), 1,
+         "this study varies model"),
+        (sampled, SearchPlan(search="optuna", scheduler="pbt"), 1, "cannot be combined with --search optuna"),
+        (sampled, SearchPlan(search="optuna", scheduler="asha"), 2, "--seeds 2 with --search optuna"),
+        (sampled, SearchPlan(search="random", scheduler="pbt", perturbation_interval=10), 1,
+         "--perturbation-interval must be at least 1 and below"),
+    ]
+    for space, plan, seeds, message in cases:
+        with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+            check(space, plan, epochs=10, seeds=seeds)
+    # and what can work is resolved with the defaults that depend on the epochs
+    assert check(sampled, SearchPlan(search="optuna", scheduler="asha"), epochs=300, seeds=1).grace_period == 18
+    assert check({"lr": [0.1, 0.2]}, SearchPlan(scheduler="pbt"), epochs=300, seeds=1).perturbation_interval == 30
+
+
+def test_a_missing_searcher_package_names_the_extra(monkeypatch):
+    tune = _tune()
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "hyperopt" else real(name, *a))
+    with pytest.raises(ConfigError, match=r"needs the hyperopt package, which is not installed: pip install 'tune-cifar\[search\]'"):
+        check({"lr": tune.uniform(0.01, 0.1)}, SearchPlan(search="hyperopt", num_samples=2), epochs=5, seeds=1)
+
+
+def test_bounds_outside_the_config_are_one_clear_error(tmp_path, monkeypatch):
+    tune = _tune()
+    with pytest.raises(ConfigError, match=r"invalid lr=-1.0: must be > 0 \(an edge of uniform\(-1, 1\)\)"):
+        validate_space({"lr": tune.uniform(-1, 1)}, TrainConfig())
+    with pytest.raises(ConfigError, match=r"invalid momentum=1.99999.*: must be in \[0, 1\)"):
+        validate_space({"momentum": tune.uniform(0.5, 2.0)}, TrainConfig())
+    validate_space({"momentum": tune.uniform(0.5, 1.0)}, TrainConfig())  # [0.5, 1) never draws 1
+    (tmp_path / "neglr.py").write_text("from ray import tune\nSPACE = {'lr': tune.loguniform(-1, 1)}\n")
+    (tmp_path / "badwd.py").write_text("from ray import tune\nSPACE = {'weight_decay': tune.uniform(-0.1, 0.1)}\n")
+    monkeypatch.setattr(search_spaces, "__path__", [*search_spaces.__path__, str(tmp_path)])
+    with pytest.raises(StudyError, match=r"search_spaces/neglr.py cannot be loaded: ValueError: LogUniform requires"):
+        load_study("neglr")
+    with pytest.raises(StudyError, match=r"search_spaces/badwd.py: invalid weight_decay=-0.1"):
+        load_study("badwd")
+
+
+def test_the_joint_study_costs_about_what_the_greedy_chain_costs():
+    joint, chain = load_study("joint"), load_study("all")
+    plan = joint.plan.resolved(joint.base_config().epochs)
+    assert (plan.search, plan.scheduler) == ("optuna", "asha")
+    expected = plan.num_samples * asha_expected_trial_epochs(300, plan.grace_period, plan.reduction_factor)
+    assert abs(expected / chain.trial_epochs() - 1) < 0.05
+    assert [describe(joint.space[k]) for k in ("lr", "weight_decay", "mixup_alpha")] == [
+        "loguniform(0.001, 1)", "loguniform(1e-05, 0.001)", "uniform(0, 1)"]
+    assert joint.space["schedule"] == ["constant", "cosine"]
+
+
+def test_asha_expected_epochs_by_hand():
+    # rungs at 1 and 3 for 9 epochs, factor 3: all do 1 epoch, 1/3 do 2 more, 1/9 do the last 6
+    assert asha_expected_trial_epochs(9, 1, 3) == pytest.approx(1 + 2 / 3 + 6 / 9)
+    assert asha_expected_trial_epochs(10, 20, 4) == 10  # grace beyond the end: no cut
+
+
+def test_cli_refuses_an_impossible_search_before_ray_starts(tmp_path):
+    for argv, needle in [(["joint", "--search", "grid"], "--search grid needs lists"),
+                         (["lr", "--scheduler", "pbt", "--search", "optuna"], "cannot be combined"),
+                         (["all", "--search", "random"], "the 'all' chain runs its studies as their own grids"),
+                         (["lr", "--scheduler", "asha", "--grace-period", "15"], "--grace-period must be")]:
+        proc = subprocess.run([sys.executable, "-m", "tune_cifar.run", *argv, "--smoke", "--storage-path",
+                               str(tmp_path)], capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "RAY_ADDRESS": "127.0.0.1:1"})  # Ray would fail to connect
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1 and needle in lines[0], (argv, proc.stderr)
+    assert not any(tmp_path.iterdir())
+
+
+def test_dry_run_and_list_describe_sampled_studies():
+    proc = subprocess.run([sys.executable, "-m", "tune_cifar.run", "joint", "--dry-run", "--num-samples", "5"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "search TPE + ASHA; 5 trials x 300 epochs" in proc.stdout
+    assert "lr ~ loguniform(0.001, 1)" in proc.stdout and "5 configurations drawn by TPE + ASHA" in proc.stdout
+
+
+# --- through Tune ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def sampled_study(tmp_path, monkeypatch):
+    """A study over lr (sampled) and weight decay (a grid axis), as a module in search_spaces/."""
+    folder = tmp_path / "spaces"
+    folder.mkdir()
+    (folder / "sampled.py").write_text(
+        "from ray import tune\nDESCRIPTION = 'lr sampled, weight decay a grid'\nBASE = dict(epochs=2)\n"
+        "SPACE = {'lr': tune.loguniform(0.01, 0.2), 'weight_decay': [0.0, 5e-4]}\n")
+    monkeypatch.setattr(search_spaces, "__path__", [*search_spaces.__path__, str(folder)])
+    monkeypatch.delitem(sys.modules, "search_spaces.sampled", raising=False)
+    return "sampled"
+
+
+def _frame(storage, study):
+    return pd.read_parquet(Path(storage) / study / "results.parquet")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("searcher", ["random", "optuna", "hyperopt"])
+def test_each_searcher_samples_within_bounds(ray_session, tmp_path, sampled_study, searcher):
+    pytest.importorskip(searcher if searcher != "random" else "ray")
+    n = 2 if searcher == "random" else 3  # random crosses each draw with the weight-decay grid
+    code, out = run_cli(sampled_study, "--smoke", "--epochs", "1", "--search", searcher, "--num-samples", n,
+                        "--search-seed", "7", "--gpus-per-trial", "0", "--storage-path", tmp_path)
+    assert code == 0, out
+    df = _frame(tmp_path, sampled_study)
+    trials = df.groupby("trial_id").first()
+    assert len(trials) == (4 if searcher == "random" else 3)
+    assert trials["config/lr"].between(0.01, 0.2).all() and trials["config/lr"].nunique() == len(trials) // (
+        2 if searcher == "random" else 1)
+    assert set(trials["config/weight_decay"]) <= {0.0, 5e-4}
+    assert set(df["status"]) == {"finished"}
+    record = json.loads((tmp_path / sampled_study / "study.json").read_text())
+    assert record["search"]["search"] == searcher and record["space"]["lr"] == "loguniform(0.01, 0.2)"
+
+
+@pytest.mark.slow
+def test_asha_stops_trials_and_they_are_stopped_early(ray_session, tmp_path, sampled_study):
+    code, out = run_cli(sampled_study, "--smoke", "--epochs", "4", "--search", "optuna", "--num-samples", "6",
+                        "--scheduler", "asha", "--grace-period", "1", "--reduction-factor", "2",
+                        "--gpus-per-trial", "0", "--storage-path", tmp_path)
+    assert code == 0, out
+    df = _frame(tmp_path, sampled_study)
+    last = df.groupby("trial_id")["epoch"].max()
+    status = df.groupby("trial_id")["status"].first()
+    assert len(last) == 6 and (status[last < 4] == "stopped_early").all() and (status[last == 4] == "finished").all()
+    assert (last < 4).sum() >= 2  # rungs at 1 and 2 epochs: ASHA cut some
+    import analysis
+
+    s = analysis.summary(analysis.load(tmp_path / sampled_study))
+    assert s["epochs_saved"].sum() == int((4 - last[last < 4]).sum())
+    assert (s.loc[s["n_stopped_early"] > 0, "n_counted"] == 0).all()  # not ranked on a cut-short epoch
+    assert "winner (val_acc, max)" in out
+
+
+@pytest.mark.slow
+def test_pbt_exploit_continues_from_the_donor_with_its_own_mutated_lr(ray_session, tmp_path, monkeypatch):
+    folder = tmp_path / "spaces"
+    folder.mkdir()
+    (folder / "pbtlr.py").write_text(
+        "from ray import tune\nDESCRIPTION = 'PBT over lr'\nBASE = dict(epochs=4)\n"
+        "SPACE = {'lr': tune.loguniform(0.002, 0.2)}\nSEARCH, SCHEDULER, NUM_SAMPLES = 'random', 'pbt', 4\n"
+        "PERTURBATION_INTERVAL = 1\n")
+    monkeypatch.setattr(search_spaces, "__path__", [*search_spaces.__path__, str(folder)])
+    code, out = run_cli("pbtlr", "--smoke", "--cpus-per-trial", "0.5", "--gpus-per-trial", "0",
+                        "--storage-path", tmp_path / "r")
+    assert code == 0, out
+    df = _frame(tmp_path / "r", "pbtlr")
+    assert df.groupby("trial_id")["epoch"].apply(sorted).tolist() == [[1, 2, 3, 4]] * 4
+    clones = df[df["donor"].notna()]
+    assert len(clones) >= 1, "PBT made no exploit"
+    fresh = df.loc[df["epoch"] == 1, "train_loss"].mean()  # what a model that starts over reaches first
+    for _, row in clones.iterrows():
+        donor = df[(df["trial_id"] == row["donor"])].set_index("epoch")
+        before = donor.loc[row["epoch"] - 1]
+        # it starts from the donor's weights: one more epoch from there, not a first epoch from scratch
+        assert abs(row["train_loss"] - donor.loc[row["epoch"], "train_loss"]) < abs(row["train_loss"] - fresh)
+        # with its own lr: the donor's (in force at the exploit) perturbed by 0.8 or 1.2, or resampled
+        ratio = row["lr"] / before["lr"]
+        assert ratio == pytest.approx(0.8) or ratio == pytest.approx(1.2) or 0.002 <= row["lr"] <= 0.2
+        assert row["lr"] != before["lr"]
+    infos = [json.loads(p.read_text()) for p in (tmp_path / "r" / "pbtlr").glob("*/run_info.json")]
+    exploits = [e for i in infos for e in i["exploits"]]
+    assert {e["donor"] for e in exploits} == set(clones["donor"])
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_keeps_the_searcher(tmp_path, isolated_ray, sampled_study):
+    env = isolated_ray.env
+    # the driver is another process: it adds the test's study folder to search_spaces/ itself
+    cmd = [sys.executable, "-c", "import sys, search_spaces; search_spaces.__path__.append(sys.argv[1]); "
+           "from tune_cifar.run import main; sys.exit(main(sys.argv[2:]))", str(tmp_path / "spaces"),
+           sampled_study, "--smoke", "--epochs", "3", "--search", "optuna", "--num-samples", "6", "--scheduler", "asha",
+           "--grace-period", "1", "--reduction-factor", "3", "--max-concurrent", "1", "--gpus-per-trial", "0",
+           "--storage-path", str(tmp_path / "r")]
+    experiment = tmp_path / "r" / sampled_study
+    driver = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline and driver.poll() is None:
+            ended = [t for t, s in tune_statuses(experiment).items() if s == "TERMINATED"]
+            if len(ended) >= 2:  # Tune's saved state (what a restore starts from) holds two ended trials
+                break
+            time.sleep(0.2)
+        assert len(ended) >= 2, "two trials did not end before the deadline"
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait()
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    before = {p.parent.name: p.read_text() for p in experiment.glob("*/result.json")
+              if any(t in p.parent.name for t in ended)}
+    proc = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    df = _frame(tmp_path / "r", sampled_study)
+    assert df["trial_id"].nunique() == 6  # exactly num_samples: the searcher came back (ray issue 30861)
+    assert df.groupby("trial_id")["epoch"].apply(lambda e: list(e) == list(range(1, len(e) + 1))).all()
+    for name, text in before.items():  # ended trials were not run again
+        assert (experiment / name / "result.json").read_text() == text
