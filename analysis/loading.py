@@ -17,7 +17,8 @@ import numpy as np
 import pandas as pd
 
 from tune_cifar import schema
-from tune_cifar.results import CONFIG_FIELDS, parse_result_lines, trial_status
+from tune_cifar.results import CONFIG_FIELDS, read_trial_records, trial_status
+from tune_cifar.storage import read_text
 from tune_cifar.schema import CONFIGURATION_FIELDS as IDENTITY_FIELDS, METRICS
 
 KEY_COLUMNS = ("experiment", "study", "configuration", "trial_id", "seed", "status")
@@ -147,7 +148,7 @@ def tune_statuses(folder: Path) -> dict[str, str]:
 def _read_trial(folder: Path, meta: dict[str, Any], ended: set[str] = frozenset()) -> pd.DataFrame:
     params = _read_json(folder / "params.json")
     info = _read_json(folder / "run_info.json") if (folder / "run_info.json").is_file() else {}
-    lines = parse_result_lines((folder / "result.json").read_text(errors="replace"))
+    lines = read_trial_records(str(folder), read_text)
     config = {**meta.get("base", {}), **params, **info.get("config", {})}
     rows = pd.DataFrame([{m: line.get(m) for m in METRICS} for line in lines] or [{m: math.nan for m in METRICS}])
     if lines:

@@ -147,8 +147,7 @@ def test_each_searcher_samples_within_bounds(ray_session, tmp_path, sampled_stud
     df = _frame(tmp_path, sampled_study)
     trials = df.groupby("trial_id").first()
     assert len(trials) == (4 if searcher == "random" else 3)
-    assert trials["config/lr"].between(0.01, 0.2).all() and trials["config/lr"].nunique() == len(trials) // (
-        2 if searcher == "random" else 1)
+    assert trials["config/lr"].between(0.01, 0.2).all() and trials["config/lr"].nunique() == len(trials)
     assert set(trials["config/weight_decay"]) <= {0.0, 5e-4}
     assert set(df["status"]) == {"finished"}
     record = json.loads((tmp_path / sampled_study / "study.json").read_text())
@@ -165,7 +164,7 @@ def test_asha_stops_trials_and_they_are_stopped_early(ray_session, tmp_path, sam
     last = df.groupby("trial_id")["epoch"].max()
     status = df.groupby("trial_id")["status"].first()
     assert len(last) == 6 and (status[last < 4] == "stopped_early").all() and (status[last == 4] == "finished").all()
-    assert (last < 4).sum() >= 2  # rungs at 1 and 2 epochs: ASHA cut some
+    assert (last < 4).sum() >= 1  # rungs at 1 and 2 epochs: ASHA cut at least one
     import analysis
 
     s = analysis.summary(analysis.load(tmp_path / sampled_study))
@@ -183,7 +182,7 @@ def test_pbt_exploit_continues_from_the_donor_with_its_own_mutated_lr(ray_sessio
         "SPACE = {'lr': tune.loguniform(0.002, 0.2)}\nSEARCH, SCHEDULER, NUM_SAMPLES = 'random', 'pbt', 4\n"
         "PERTURBATION_INTERVAL = 1\n")
     monkeypatch.setattr(search_spaces, "__path__", [*search_spaces.__path__, str(folder)])
-    code, out = run_cli("pbtlr", "--smoke", "--cpus-per-trial", "0.5", "--gpus-per-trial", "0",
+    code, out = run_cli("pbtlr", "--smoke", "--epochs", "4", "--cpus-per-trial", "0.5", "--gpus-per-trial", "0",
                         "--storage-path", tmp_path / "r")
     assert code == 0, out
     df = _frame(tmp_path / "r", "pbtlr")
@@ -200,9 +199,12 @@ def test_pbt_exploit_continues_from_the_donor_with_its_own_mutated_lr(ray_sessio
         ratio = row["lr"] / before["lr"]
         assert ratio == pytest.approx(0.8) or ratio == pytest.approx(1.2) or 0.002 <= row["lr"] <= 0.2
         assert row["lr"] != before["lr"]
-    infos = [json.loads(p.read_text()) for p in (tmp_path / "r" / "pbtlr").glob("*/run_info.json")]
-    exploits = [e for i in infos for e in i["exploits"]]
-    assert {e["donor"] for e in exploits} == set(clones["donor"])
+    # Tune's own log of exploits (clone tag, donor tag, donor epoch, clone epoch, ...) names the same pairs
+    policy = [json.loads(line) for line in (tmp_path / "r" / "pbtlr" / "pbt_global.txt").read_text().splitlines()]
+    index = {tid: int(tid.rsplit("_", 1)[1]) for tid in df["trial_id"].unique()}
+    logged = sorted((int(c.split("_")[0]), int(d.split("_")[0]), donor_epoch) for c, d, donor_epoch, *_ in policy)
+    ours = sorted((index[r["trial_id"]], index[r["donor"]], int(r["epoch"]) - 1) for _, r in clones.iterrows())
+    assert ours == logged
 
 
 @pytest.mark.slow

@@ -186,13 +186,13 @@ def _describe(record: dict[str, Any]) -> str:
 def results_frame(result_grid: Any, study: Study, res: dict[str, float]) -> pd.DataFrame:
     """Every trial Tune knows, one row per epoch; a trial with no readable epoch keeps one empty row.
 
-    result.json is read line by line from the trial folder rather than through Tune's own
-    dataframe, which turns a file with one damaged line into no rows at all.
+    Each trial's epochs come from our own record (epochs.json, see progress.EpochRecorder) and from
+    result.json read line by line, not from Tune's dataframe, which turns a file with one damaged line
+    into no rows at all, and misses the lines Tune's logger drops when a trial restarts.
     """
     frames = []
     for result in result_grid:
-        text = read_text(join(result.path, "result.json")) or ""
-        records = results.parse_result_lines(text)
+        records = results.read_trial_records(result.path, read_text)
         trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
         frames.append(results.trial_frame(study.name, trial_id, dict(result.config), records,
                                           errored=result.error is not None, ended=True, resources=res))
@@ -205,7 +205,7 @@ def run_study(study: Study, data: CifarData, opts: RunOptions, storage: str, car
     import ray
     from ray import tune
 
-    from tune_cifar.progress import StudyProgress
+    from tune_cifar.progress import EpochRecorder, StudyProgress
     from tune_cifar.trainable import TrialOptions, train_trial
 
     carried = carried or {}
@@ -243,7 +243,7 @@ def run_study(study: Study, data: CifarData, opts: RunOptions, storage: str, car
         # the parts a resumed run may change, and Tune reads them from this object when fit() starts.
         run_config = tuner._local_tuner.get_run_config()
         run_config.failure_config = tune.FailureConfig(max_failures=opts.max_failures)
-        run_config.callbacks = None if opts.verbose else [progress]
+        run_config.callbacks = [EpochRecorder()] + ([] if opts.verbose else [progress])
         run_config.verbose = None if opts.verbose else 0
     else:
         alg = search.searcher(plan, study.metric, study.mode, opts.seeds, opts.max_concurrent)
@@ -266,7 +266,7 @@ def run_study(study: Study, data: CifarData, opts: RunOptions, storage: str, car
                 # (a reused actor's working folder is not the trial folder).
                 sync_config=tune.SyncConfig(sync_artifacts=True),
                 failure_config=tune.FailureConfig(max_failures=opts.max_failures),
-                callbacks=None if opts.verbose else [progress],
+                callbacks=[EpochRecorder()] + ([] if opts.verbose else [progress]),
                 verbose=None if opts.verbose else 0,
             ),
         )

@@ -1,18 +1,28 @@
-"""Compact progress for a running study, through Tune's callback interface (not by parsing its output).
+"""The driver's view of a running study, through Tune's callback interface (not by parsing its output).
 
-One line whenever a trial ends, and otherwise at most every `interval` seconds after an epoch:
+StudyProgress prints one line whenever a trial ends, and otherwise at most every `interval` seconds
+after an epoch:
 
     [lr] 2/3 trials, 31/45 trial-epochs, 1:02 elapsed, ~0:28 left, best val_acc 0.4125 (lr=0.05)
+
+EpochRecorder keeps every result Tune receives in the trial's folder (epochs.json), the record that
+results.parquet is built from. Tune's own result.json can lose lines: when a trial restarts (PBT's
+exploits pause and restart trials; so do retries), Tune copies the storage copy of result.json
+back over the local one, dropping the lines written since its last sync.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 import time
 from typing import Any, Sequence, TextIO
 
 from ray import tune
+
+from tune_cifar.results import RECORD_FILE, record_of, parse_records
+from tune_cifar.storage import join, read_text, write_atomic
 
 
 def clock(seconds: float) -> str:
@@ -27,12 +37,15 @@ class StudyProgress(tune.Callback):
         self.study, self.metric, self.mode, self.keys = study, metric, mode, list(keys)
         self.trials, self.trial_epochs = trials, trial_epochs
         self.interval = interval
-        self.stream = stream or sys.stderr
+        self.stream = stream  # None: sys.stderr at the time of printing (Tune pickles callbacks; streams do not)
         self.start = time.monotonic()
         self.last_line = -math.inf
         self.epochs: dict[str, int] = {}  # trial id -> epochs reported (the latest epoch number)
         self.ended: set[str] = set()
         self.best: tuple[float, str] | None = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "stream": None}
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         epoch = result.get("epoch")
@@ -63,8 +76,23 @@ class StudyProgress(tune.Callback):
         left = f", ~{clock(elapsed / done * (total - done))} left" if 0 < done < total else ""
         best = f", best {self.metric} {self.best[0]:.4f} ({self.best[1]})" if self.best else ""
         print(f"[{self.study}] {len(self.ended)}/{self.trials} trials, {done}/{total} trial-epochs, "
-              f"{clock(elapsed)} elapsed{left}{best}" + (f"; {note}" if note else ""), file=self.stream, flush=True)
+              f"{clock(elapsed)} elapsed{left}{best}" + (f"; {note}" if note else ""), file=self.stream or sys.stderr, flush=True)
 
 
 def _short(value: Any) -> str:
     return format(value, ".4g") if isinstance(value, float) else str(value)
+
+
+class EpochRecorder(tune.Callback):
+    def __init__(self) -> None:
+        self.records: dict[str, dict[int, dict]] = {}  # trial id -> epoch -> record (the latest report wins)
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        if result.get("epoch") is None:
+            return
+        records = self.records.get(trial.trial_id)
+        if records is None:  # first result since this driver started: continue what an earlier one wrote
+            saved = parse_records(read_text(join(trial.path, RECORD_FILE)) or "[]")
+            records = self.records[trial.trial_id] = {int(r["epoch"]): r for r in saved}
+        records[int(result["epoch"])] = record_of(result)
+        write_atomic(join(trial.path, RECORD_FILE), json.dumps(sorted(records.values(), key=lambda r: r["epoch"])))

@@ -15,11 +15,36 @@ import pandas as pd
 
 from tune_cifar import ranking
 from tune_cifar.config import TrainConfig
+from tune_cifar.storage import join
 from tune_cifar.schema import DIVERGED, ERROR, EVENTS, FINAL_METRICS, FINISHED, INCOMPLETE, METRICS, STOPPED_EARLY
 
 CONFIG_FIELDS = tuple(f.name for f in fields(TrainConfig))
 KEY_COLUMNS = ("study", "trial_id", "seed", "status")
 RUNTIME_KEYS = ("device", "precision")  # reported by the trainable as resolved; they override the config's "auto"
+RECORD_FILE = "epochs.json"  # per trial folder: every epoch's record, kept by progress.EpochRecorder
+
+
+def record_of(result: dict[str, Any]) -> dict[str, Any]:
+    """What we keep of one Tune result: our metrics and events, the resolved runtime, Tune's iteration."""
+    keys = (*METRICS, *EVENTS, *RUNTIME_KEYS, "training_iteration", "trial_id")
+    return {k: result[k] for k in keys if k in result}
+
+
+def parse_records(text: str) -> list[dict[str, Any]]:
+    try:
+        records = json.loads(text)
+    except ValueError:
+        return []
+    return [r for r in records if isinstance(r, dict)] if isinstance(records, list) else []
+
+
+def read_trial_records(trial_path: str, read: Any) -> list[dict[str, Any]]:
+    """A trial's epochs: our epochs.json, completed by whatever Tune's result.json has that it lacks."""
+    ours = parse_records(read(join(trial_path, RECORD_FILE)) or "[]")
+    tunes = parse_result_lines(read(join(trial_path, "result.json")) or "")
+    by_epoch = {r.get("epoch"): r for r in tunes if r.get("epoch") is not None}
+    by_epoch.update({r.get("epoch"): r for r in ours if r.get("epoch") is not None})
+    return [by_epoch[e] for e in sorted(by_epoch)]
 
 
 def parse_result_lines(text: str) -> list[dict[str, Any]]:

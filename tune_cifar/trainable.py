@@ -65,7 +65,7 @@ def train_trial(config: dict[str, Any], data: CifarData, options: TrialOptions =
     # A checkpoint saved by another trial is PBT's exploit: this trial goes on from the donor's state.
     donor = (resume_from or {}).get("trial_id")
     exploit = {"epoch": int(resume_from["epoch"]), "donor": donor} if donor not in (None, trial_id) else None
-    _write_run_info(trial_dir, cfg, options, gpu_ids, exploit)
+    _write_run_info(trial_dir, cfg, options, gpu_ids)
 
     def report(metrics: dict[str, Any], state: TrainState) -> None:
         nonlocal exploit
@@ -125,9 +125,9 @@ def _load_checkpoint(checkpoint: tune.Checkpoint | None) -> dict[str, Any] | Non
         return None
 
 
-def _write_run_info(trial_dir: Path, cfg: TrainConfig, options: TrialOptions, gpu_ids: list[str],
-                    exploit: dict[str, Any] | None) -> None:
-    """What produced this trial, beside its results; restarts (and PBT's exploits) are appended, not overwritten."""
+def _write_run_info(trial_dir: Path, cfg: TrainConfig, options: TrialOptions, gpu_ids: list[str]) -> None:
+    """What produced this trial, beside its results; restarts are appended, not overwritten. (PBT's exploits
+    are in the results: the `donor` of the first epoch after each.)"""
     ctx = tune.get_context()
     resources = ctx.get_trial_resources().required_resources
     earlier = _read_run_info(trial_dir)
@@ -145,7 +145,6 @@ def _write_run_info(trial_dir: Path, cfg: TrainConfig, options: TrialOptions, gp
         "node_id": ray.get_runtime_context().get_node_id(),
         "start_time": starts[0] if starts else time.time(),
         "starts": starts + [time.time()],
-        "exploits": earlier.get("exploits", []) + ([exploit] if exploit else []),
         **provenance(),
     }
     write_atomic(trial_dir / "run_info.json", json.dumps(info, indent=2, default=str))
