@@ -40,6 +40,8 @@ def learning_curves(df: pd.DataFrame, title: str) -> Figure:
     loss_ax, acc_ax = fig.subplots(1, 2)
     n = df["trial_id"].nunique()
     mixup = bool((df["config/mixup_alpha"] > 0).any()) if "config/mixup_alpha" in df else False
+    if "config/mix" in df:  # the alpha is ignored unless mixup is the mix in use
+        mixup = mixup and bool((df["config/mix"] == "mixup").any())
     for ax, kind, ylabel in ((loss_ax, "loss", LOSS_LABEL), (acc_ax, "acc", ACC_LABEL)):
         for split, name, color in (("train", "train", "tab:blue"), ("val", "validation", "tab:orange")):
             label = name + (" (mixup: mixed images, lambda-weighted)" if split == "train" and mixup else "")
@@ -85,6 +87,50 @@ def lr_schedules(df: pd.DataFrame) -> Figure:
     ax.set_title("Learning rate per epoch")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
+    return fig
+
+
+def budget_curves(b: pd.DataFrame, curves: pd.DataFrame, target: float, metric: str = "val_acc") -> Figure:
+    """Best validation accuracy found so far against trial-epochs spent, one line per strategy (a band over runs)."""
+    fig = Figure(figsize=(8, 5), layout="constrained")
+    ax = fig.subplots()
+    for (strategy, c), color in zip(curves.groupby("strategy", sort=False), _colors(curves["strategy"].nunique())):
+        runs = int(c["runs"].max())
+        ax.plot(c["trial_epochs"], c["mean"], color=color, drawstyle="steps-post",
+                label=f"{strategy}" + (f" (mean of {runs} runs, band = min..max)" if runs > 1 else ""))
+        if runs > 1:
+            ax.fill_between(c["trial_epochs"], c["low"], c["high"], color=color, alpha=0.2, step="post", linewidth=0)
+    if np.isfinite(target):
+        ax.axhline(target, color="gray", linestyle="--", linewidth=1, label=f"greedy chain's final {metric}")
+    ax.set_xlabel("trial-epochs spent (every trial ended so far)")
+    ax.set_ylabel(f"best final-epoch {metric} found so far")
+    ax.set_title("Search strategies at equal cost")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    return fig
+
+
+def pbt_lineage(df: pd.DataFrame) -> Figure:
+    """Each PBT member's learning rate per epoch, with every exploit drawn from its donor (dotted)."""
+    fig = Figure(figsize=(8, 4.5), layout="constrained")
+    ax = fig.subplots()
+    members = list(dict.fromkeys(df["trial_id"]))
+    colors = dict(zip(members, _colors(len(members))))
+    for member in members:
+        g = df[df["trial_id"] == member].sort_values("epoch")
+        ax.plot(g["epoch"], g["lr"], color=colors[member], marker=".", label=member)
+        for _, row in g[g["donor"].notna()].iterrows():
+            donor = df[(df["trial_id"] == row["donor"]) & (df["epoch"] == row["epoch"] - 1)]
+            if len(donor):
+                ax.plot([row["epoch"] - 1, row["epoch"]], [donor["lr"].iloc[0], row["lr"]], color=colors[member],
+                        linestyle=":", marker="x")
+    ax.set_yscale("log")
+    ax.set_xlabel(EPOCH_LABEL)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel("learning rate in force (log scale)")
+    ax.set_title("PBT: each member's learning rate; dotted = cloned from a donor, then perturbed")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small", ncol=2)
     return fig
 
 

@@ -19,7 +19,7 @@ import pandas as pd
 from tune_cifar import schema
 from tune_cifar.results import CONFIG_FIELDS, read_trial_records, trial_status
 from tune_cifar.storage import read_text
-from tune_cifar.schema import CONFIGURATION_FIELDS as IDENTITY_FIELDS, METRICS
+from tune_cifar.schema import CONFIGURATION_FIELDS as IDENTITY_FIELDS, EVENTS, METRICS
 
 KEY_COLUMNS = ("experiment", "study", "configuration", "trial_id", "seed", "status")
 # Statuses of results written before schema.STATUSES (Tune's own words); TERMINATED is re-derived.
@@ -150,7 +150,8 @@ def _read_trial(folder: Path, meta: dict[str, Any], ended: set[str] = frozenset(
     info = _read_json(folder / "run_info.json") if (folder / "run_info.json").is_file() else {}
     lines = read_trial_records(str(folder), read_text)
     config = {**meta.get("base", {}), **params, **info.get("config", {})}
-    rows = pd.DataFrame([{m: line.get(m) for m in METRICS} for line in lines] or [{m: math.nan for m in METRICS}])
+    rows = pd.DataFrame([{m: line.get(m) for m in (*METRICS, *EVENTS)} for line in lines]
+                        or [{m: math.nan for m in METRICS}])
     if lines:
         rows["epoch"] = rows["epoch"].fillna(pd.Series([line.get("training_iteration") for line in lines]))
     rows.insert(0, "study", meta["study"])
@@ -185,6 +186,8 @@ def _normalise(df: pd.DataFrame, meta: dict[str, Any]) -> pd.DataFrame:
         df[name] = np.nan
     for name in [f"config/{f}" for f in CONFIG_FIELDS if f"config/{f}" not in df]:
         df[name] = meta.get("base", {}).get(name.removeprefix("config/"))
+    for name in EVENTS:  # text per epoch (PBT's donor); results from before it have none
+        df[name] = df[name].astype("string") if name in df else pd.Series(pd.NA, index=df.index, dtype="string")
     for name in ("status", "resources/cpu", "resources/gpu"):
         if name not in df:
             df[name] = "TERMINATED" if name == "status" else np.nan

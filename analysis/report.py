@@ -14,15 +14,17 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis import figures
+from analysis import budget, figures
 from analysis.loading import (IDENTITY_FIELDS, AnalysisError, format_value, load, read_chains, study_metadata)
 from analysis.published import tables_for
 from analysis.render import Block, Bullets, Grid, Heading, Image, Para, to_html, to_markdown
-from analysis.stats import compare_winner, ranked, summary, trials
-from analysis.tables import OURS_NOTE, Table, study_tables, table_markdown
+from analysis.stats import compare_winner, ranked, summary, trials, welch
+from analysis.tables import OURS_NOTE, Table, markdown_table, study_tables, table_markdown
 from tune_cifar.storage import write_atomic
 
-TITLE = "Reproduction report: MobileNet on CIFAR-100, four hyperparameter studies"
+TITLE = "Reproduction report: MobileNet on CIFAR-100, four hyperparameter studies and beyond"
+# The report's winning configuration (its mixup study): what every later study is compared with.
+REPORT_BEST = dict(model="mobilenet", lr=0.05, schedule="cosine", weight_decay=5e-4, mixup_alpha=0.2)
 METHOD = ("Every number is taken at a trial's final epoch. With several seeds per configuration we give "
           "the mean and a 95% Student-t confidence interval over seeds, and test whether the winner "
           "beats each other configuration beyond seed noise with a two-sided Welch's t-test (unequal "
@@ -61,6 +63,8 @@ def build(results: str | Path, log=print) -> Report:
                                         meta.get(experiment, {}), report)
     for name, chain in chains.items():
         report.blocks += _chain_section(name, chain, t, s, meta)
+    report.blocks += _budget_section(df, meta, report)
+    report.blocks += _ranking_section(t, s, report)
     report.blocks += _cost_section(t)
     return report
 
@@ -173,6 +177,9 @@ def _figures(experiment: str, study: str, df: pd.DataFrame, meta: dict, report: 
     if "mixup_alpha" in (meta.get("space") or {}) or study == "mixup":
         made.append((figures.beta_densities(df["config/mixup_alpha"].unique()), f"{experiment}_beta",
                      "Beta(alpha, alpha) density (Fig 10)"))
+    if "donor" in df and df["donor"].notna().any():
+        made.append((figures.pbt_lineage(df), f"{experiment}_pbt_lineage",
+                     "PBT: learning rate per member and epoch, exploits from their donors"))
     blocks: list[Block] = []
     for fig, stem, alt in made:
         rel = "figures/" + figures.sanitise(stem)
@@ -246,6 +253,74 @@ def _chain_section(name: str, chain: dict, t: pd.DataFrame, s: pd.DataFrame, met
                  "winner-vs-runner-up verdict from the study's section."),
             Grid(("study", "carried in", "winner (this report)", "margin vs seed noise", "carried forward",
                   "same?"), tuple(rows))]
+
+
+def _budget_section(df: pd.DataFrame, meta: dict, report: Report) -> list[Block]:
+    """The greedy chain against searches of the same question, at equal trial-epochs (only when both ran)."""
+    b = budget.budget(df, meta)
+    if b.empty or b["strategy"].nunique() < 2 or not b["strategy"].str.startswith(budget.CHAIN).any():
+        return []
+    target, _, _ = budget.first_to_reach(b)
+    summary_table = budget.table(b)
+    report.files["tables/budget.csv"] = summary_table.to_csv(index=False)
+    report.files["tables/budget_trials.csv"] = b.to_csv(index=False)
+    curves = budget.curves(b)
+    report.files["tables/budget_curves.csv"] = curves.to_csv(index=False)
+    report.figures["figures/budget"] = figures.budget_curves(b, curves, target)
+    rows = tuple((r["strategy"], str(r["runs"]), f"{r['trial_epochs']:,.0f}", f"{r['gpu_hours']:.3f}",
+                  f"{r['best_val_acc']:.4f}" + (f" (sd {r['best_val_acc_sd']:.4f})" if r["runs"] > 1 else ""),
+                  f"{r['test_acc_of_best']:.4f}") for _, r in summary_table.iterrows())
+    header = ("strategy", "runs", "trial-epochs", "GPU-hours", "best val acc", "its test acc")
+    report.files["tables/budget.md"] = markdown_table(list(header), [list(r) for r in rows]) + "\n"
+    return [Heading(2, "Search strategies at equal cost"),
+            Para("Each strategy's best final-epoch validation accuracy found so far against the trial-epochs it "
+                 "had spent, trials taken in the order they ended. A trial that an early-stopping scheduler cut "
+                 "is paid for but not counted as found. With several runs (search seeds), the line is their mean "
+                 "and the band their range."),
+            Grid(header, rows), Para(budget.sentence(b)), Image("figures/budget.png", "best found against budget")]
+
+
+def _ranking_section(t: pd.DataFrame, s: pd.DataFrame, report: Report) -> list[Block]:
+    """Every configuration ever run, ranked by validation accuracy, against the report's best configuration."""
+    ranked_rows = s[s["n_counted"] > 0].sort_values("val_acc_mean", ascending=False, kind="stable")
+    if len(ranked_rows) < 2:
+        return []
+    best = {f"config/{k}": v for k, v in REPORT_BEST.items()}
+    is_best = pd.Series(True, index=s.index)
+    for column, value in best.items():
+        if column in s:
+            is_best &= s[column] == value
+    reference = s[is_best & (s["n_counted"] > 0)].sort_values("n_counted", ascending=False)
+    ref = reference.iloc[0] if len(reference) else None
+    rows = []
+    for rank, (_, r) in enumerate(ranked_rows.iterrows(), start=1):
+        diff = test = ""
+        if ref is not None and r["epochs"] == ref["epochs"]:
+            diff = f"{r['val_acc_mean'] - ref['val_acc_mean']:+.4f}"
+            a, b = (t[(t["experiment"] == x["experiment"]) & (t["configuration"] == x["configuration"])
+                      & t["finished"]]["val_acc"] for x in (r, ref))
+            if r.name != ref.name and min(len(a), len(b)) >= 2:
+                test = f"p = {welch(a, b).p_value:.3g}"
+        rows.append((str(rank), r["experiment"], r["configuration"], str(r["n_counted"]), str(r["epochs"]),
+                     _with_ci(r, "val_acc"), _with_ci(r, "test_acc"), diff, test))
+    header = ("rank", "study", "configuration", "seeds", "epochs", "val acc", "test acc",
+              "val acc vs report's best", "Welch vs report's best")
+    report.files["tables/ranking.md"] = markdown_table(list(header), [list(r) for r in rows]) + "\n"
+    where = (f"{ref['experiment']}: {ref['configuration']}, {ref['n_counted']} seed(s)" if ref is not None
+             else "not run here, so no difference is given")
+    return [Heading(2, "Every configuration, ranked"),
+            Para("All configurations that reached their final epoch, best final-epoch validation accuracy first "
+                 "(mean +/- 95% CI half-width over seeds). The report's best configuration is lr 0.05, cosine, "
+                 f"weight decay 5e-4, mixup alpha 0.2 (its published validation accuracy 0.6983, test 0.7066); ours "
+                 f"of it: {where}. Differences are only given between runs of the same length."),
+            Grid(header, tuple(rows))]
+
+
+def _with_ci(r: pd.Series, metric: str) -> str:
+    mean, low, high = r[f"{metric}_mean"], r[f"{metric}_ci_low"], r[f"{metric}_ci_high"]
+    if pd.isna(mean):
+        return ""
+    return f"{mean:.4f}" + ("" if pd.isna(low) else f" +/- {(high - low) / 2:.4f}")
 
 
 def _cost_section(t: pd.DataFrame) -> list[Block]:

@@ -110,7 +110,7 @@ def test_report_follows_the_studies_and_ends_with_the_chain_and_cost(tmp_path):
 
     sections = [line for line in md.splitlines() if line.startswith("## ")]
     assert sections == ["## 1. Learning rate (`lr`)", "## 2. Mixup (`all/mixup`)",
-                        "## Carried-forward chain (`all`)", "## Cost"]
+                        "## Carried-forward chain (`all`)", "## Every configuration, ranked", "## Cost"]
     for needle in ("Table 1.", "Table 2.", "Table 8.", "Table 9.", "not comparable", "**What varied:** `lr` in {0.01, 0.05}",
                    "diverged in 1/2 seed(s)", "incomplete: seed 0: epoch(s) 2 missing", "Welch's t-test",
                    "untested: fewer than two seeds", "GPU-hours", "| all/mixup | 2 | 6 |",

@@ -1,0 +1,79 @@
+"""The budget comparison on hand-built results whose answers are known."""
+
+import math
+
+import pandas as pd
+import pytest
+
+from analysis import budget
+from test_analysis_fixtures import BASE
+
+
+def _trial(experiment, trial_id, val, epochs_done, ended, status="finished", epochs=4, gpu=0.5, test=None):
+    rows = []
+    for epoch in range(1, epochs_done + 1):
+        rows.append({"experiment": experiment, "study": experiment.split("/")[-1], "configuration": trial_id,
+                     "trial_id": trial_id, "seed": 0, "status": status,
+                     **{f"config/{k}": v for k, v in BASE.items()}, "config/epochs": epochs,
+                     "epoch": epoch, "lr": 0.05, "train_loss": 1.0, "train_acc": 0.5, "val_loss": 1.0,
+                     "val_acc": val if epoch == epochs_done else 0.0, "diverged": False,
+                     "test_loss": 1.0 if epoch == epochs_done else math.nan,
+                     "test_acc": (test if test is not None else val - 0.01) if epoch == epochs_done else math.nan,
+                     "images_per_s": 1.0, "epoch_s": 3600.0, "timestamp": ended - (epochs_done - epoch),
+                     "resources/cpu": 1.0, "resources/gpu": gpu})
+    return rows
+
+
+@pytest.fixture
+def results():
+    rows = []
+    # the chain: two stages of two 4-epoch trials, 16 trial-epochs in all; it ends at 0.60
+    rows += _trial("all/lr", "c1", 0.40, 4, ended=10) + _trial("all/lr", "c2", 0.50, 4, ended=20)
+    rows += _trial("all/wd", "c3", 0.55, 4, ended=30) + _trial("all/wd", "c4", 0.60, 4, ended=40)
+    # search run A: a cut trial (paid, not found), then 0.65 after 1 + 4 = 5 trial-epochs, then 0.62
+    rows += _trial("joint", "a1", 0.90, 1, ended=11, status="stopped_early")
+    rows += _trial("joint", "a2", 0.65, 4, ended=12) + _trial("joint", "a3", 0.62, 4, ended=13)
+    # search run B: 0.58 after 4, then 0.61 after 8
+    rows += _trial("joint2", "b1", 0.58, 4, ended=11) + _trial("joint2", "b2", 0.61, 4, ended=12)
+    df = pd.DataFrame(rows)
+    space = {"lr": [0.01], "weight_decay": [0.0]}
+    meta = {"all/lr": {"chain": "all", "space": {"lr": [0.01, 0.05]}},
+            "all/wd": {"chain": "all", "space": {"weight_decay": [0, 1]}},
+            "joint": {"study": "joint", "strategy": "TPE + ASHA", "space": space, "search": {"search_seed": 0}},
+            "joint2": {"study": "joint", "strategy": "TPE + ASHA", "space": space, "search": {"search_seed": 1}},
+            "lr": {"study": "lr", "strategy": "grid", "space": {"lr": [0.1]}}}  # not the chain's question
+    return df, meta
+
+
+def test_budget_orders_trials_by_end_and_counts_what_was_paid(results):
+    df, meta = results
+    b = budget.budget(df, meta)
+    assert set(b["strategy"]) == {"greedy chain (all)", "TPE + ASHA (joint)"}
+    a = b[b["run"] == "joint (search seed 0)"]
+    assert a["trial_id"].tolist() == ["a1", "a2", "a3"]
+    assert a["trial_epochs"].tolist() == [1, 5, 9]
+    assert math.isnan(a["best"].iloc[0])  # the cut trial's 0.90 is not found
+    assert a["best"].tolist()[1:] == [0.65, 0.65]
+    assert a["gpu_hours"].tolist() == pytest.approx([0.5, 2.5, 4.5])  # 3600 s epochs at half a GPU
+    chain = b[b["strategy"] == "greedy chain (all)"]
+    assert chain["trial_epochs"].tolist() == [4, 8, 12, 16] and chain["best"].tolist() == [0.40, 0.50, 0.55, 0.60]
+
+
+def test_first_to_reach_the_chains_final_accuracy(results):
+    df, meta = results
+    b = budget.budget(df, meta)
+    target, spent, reached = budget.first_to_reach(b)
+    assert (target, spent) == (0.60, 16)
+    # the mean of the two runs: at 4 only run B has found something (0.58); at 5 run A has 0.65 and
+    # run B 0.58, mean 0.615 >= 0.60: reached after 5 of the chain's 16 trial-epochs
+    (search,) = reached
+    assert search.strategy == "TPE + ASHA (joint)" and search.trial_epochs == 5
+    assert search.fraction == pytest.approx(5 / 16)
+    assert "TPE + ASHA (joint) reached it first, after 5 trial-epochs (31% of the chain's budget" \
+        in budget.sentence(b)
+    c = budget.curves(b)
+    at4 = c[(c["strategy"] == "TPE + ASHA (joint)") & (c["trial_epochs"] == 4)].iloc[0]
+    assert (at4["mean"], at4["runs"]) == (0.58, 1)  # run A's only trial so far was cut: nothing found
+    t = budget.table(b).set_index("strategy")
+    assert t.loc["TPE + ASHA (joint)", "runs"] == 2 and t.loc["TPE + ASHA (joint)", "best_val_acc"] == pytest.approx(0.63)
+    assert t.loc["greedy chain (all)", "test_acc_of_best"] == pytest.approx(0.59)
