@@ -300,14 +300,19 @@ def main(argv: list[str] | None = None) -> int:
     syn.add_argument("--train", type=int, default=2000, help="training images (default 2000)")
     syn.add_argument("--test", type=int, default=500, help="test images (default 500)")
     syn.add_argument("--seed", type=int, default=0)
+    syn.add_argument("--classes", type=int, default=NUM_CLASSES, help="labels that occur, 1..100 (default 100)")
+    syn.add_argument("--noise", type=float, default=20.0, help="pixel noise std, 0..255 units (default 20)")
+    syn.add_argument("--label-noise", type=float, default=0.0, help="share of labels redrawn at random (default 0)")
     args = parser.parse_args(argv)
     if args.train < 2 or args.test < 1:
         parser.error("--train must be >= 2 and --test >= 1")
+    if not 1 <= args.classes <= NUM_CLASSES or args.noise < 0 or not 0 <= args.label_noise <= 1:
+        parser.error("--classes must be in 1..100, --noise >= 0 and --label-noise in [0, 1]")
     if has_dataset(args.out):
         print(f"error: {Path(args.out) / RELEASE_DIR} already holds a dataset; choose another --out or delete it",
               file=sys.stderr)
         return 2
-    root = write_synthetic(args.out, args.train, args.test, args.seed)
+    root = write_synthetic(args.out, args.train, args.test, args.seed, args.classes, args.noise, args.label_noise)
     print(f"wrote {args.train} train and {args.test} test images to {root}", file=sys.stderr)
     return 0
 
