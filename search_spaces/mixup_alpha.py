@@ -2,6 +2,7 @@
 
 from search_spaces._report_best import BEST
 
+TITLE = "Mixup strength"
 DESCRIPTION = "Mixup alpha 0.1, 0.2, 0.4, 1.0 at the report's best: MobileNet, lr 0.05, cosine, wd 5e-4, 300 epochs."
 BASE = dict(BEST)
 SPACE = {"mixup_alpha": [0.1, 0.2, 0.4, 1.0]}

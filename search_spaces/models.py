@@ -2,6 +2,7 @@
 
 from search_spaces._report_best import BEST
 
+TITLE = "Architectures"
 DESCRIPTION = ("MobileNet vs MobileNetV2 vs ResNet-18 (CIFAR variants) at the report's best: lr 0.05, cosine, "
                "wd 5e-4, mixup 0.2, 300 epochs.")
 BASE = dict(BEST)

@@ -223,3 +223,46 @@ def test_uri_storage_writes_results_and_is_never_overwritten(ray_session, tmp_pa
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and "study.json is unreadable" in err[-1]
     assert (experiment / "results.parquet").read_bytes() == before
+
+
+BEYOND = ["schedules", "smoothing", "mixup_alpha", "cutmix", "dropout", "depth", "models"]
+
+
+@pytest.fixture(scope="module")
+def beyond_the_report(ray_session, tmp_path_factory):
+    """Each study beyond the report, one smoke epoch each, in one results root."""
+    storage = tmp_path_factory.mktemp("beyond")
+    codes = {name: run_cli(name, "--smoke", "--epochs", "1", "--gpus-per-trial", "0", "--storage-path", storage)
+             for name in BEYOND}
+    return storage, codes
+
+
+def test_every_study_beyond_the_report_runs_through_tune(beyond_the_report):
+    from tune_cifar.studies import load_study
+
+    storage, codes = beyond_the_report
+    for name in BEYOND:
+        code, out = codes[name]
+        assert code == 0, (name, out[-2000:])
+        df = pd.read_parquet(storage / name / "results.parquet")
+        (field, values), = load_study(name).space.items()
+        assert sorted(df[f"config/{field}"].unique(), key=str) == sorted(values, key=str), name
+        assert set(df["status"]) == {"finished"} and (df["epoch"] == 1).all()
+        assert f"== {name}:" in out and "winner (val_acc, max)" in out
+
+
+def test_the_report_has_a_section_per_study_in_list_order_and_ranks_them_all(beyond_the_report, tmp_path):
+    from analysis.report import main as report_main
+    from tune_cifar.studies import load_study, study_order
+
+    storage, _ = beyond_the_report
+    assert report_main([str(storage), "--out", str(tmp_path)]) == 0
+    md = (tmp_path / "report.md").read_text()
+    headings = [line for line in md.splitlines() if line.startswith("## ")]
+    expected = [name for name in study_order() if name in BEYOND]
+    assert [h.split("(`")[1].rstrip("`)") for h in headings if "(`" in h] == expected
+    assert all(load_study(name).title in md for name in BEYOND)
+    ranking = md.split("## Every configuration, ranked")[1].split("\n## ")[0]
+    n_configs = sum(len(next(iter(load_study(name).space.values()))) for name in BEYOND)
+    assert sum(1 for line in ranking.splitlines() if line.startswith("| ") and line[2].isdigit()) == n_configs
+    assert "study summary" in md  # no published table: ours only
