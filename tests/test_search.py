@@ -186,7 +186,10 @@ def test_pbt_exploit_continues_from_the_donor_with_its_own_mutated_lr(ray_sessio
                         "--storage-path", tmp_path / "r")
     assert code == 0, out
     df = _frame(tmp_path / "r", "pbtlr")
-    assert df.groupby("trial_id")["epoch"].apply(sorted).tolist() == [[1, 2, 3, 4]] * 4
+    # a member's epochs follow its lineage: cloning a donor that is ahead skips epochs, one behind repeats
+    # them (the later report stands); every member ends at the last epoch
+    assert (df.groupby("trial_id")["epoch"].max() == 4).all() and df["trial_id"].nunique() == 4
+    assert set(df["status"]) == {"finished"}
     clones = df[df["donor"].notna()]
     assert len(clones) >= 1, "PBT made no exploit"
     fresh = df.loc[df["epoch"] == 1, "train_loss"].mean()  # what a model that starts over reaches first
@@ -199,11 +202,11 @@ def test_pbt_exploit_continues_from_the_donor_with_its_own_mutated_lr(ray_sessio
         ratio = row["lr"] / before["lr"]
         assert ratio == pytest.approx(0.8) or ratio == pytest.approx(1.2) or 0.002 <= row["lr"] <= 0.2
         assert row["lr"] != before["lr"]
-    # Tune's own log of exploits (clone tag, donor tag, donor epoch, clone epoch, ...) names the same pairs
+    # Tune's own log of exploits (clone's tag, donor's tag, ...) names the same clone-donor pairs
     policy = [json.loads(line) for line in (tmp_path / "r" / "pbtlr" / "pbt_global.txt").read_text().splitlines()]
     index = {tid: int(tid.rsplit("_", 1)[1]) for tid in df["trial_id"].unique()}
-    logged = sorted((int(c.split("_")[0]), int(d.split("_")[0]), donor_epoch) for c, d, donor_epoch, *_ in policy)
-    ours = sorted((index[r["trial_id"]], index[r["donor"]], int(r["epoch"]) - 1) for _, r in clones.iterrows())
+    logged = sorted((int(clone.split("_")[0]), int(donor.split("_")[0])) for clone, donor, *_ in policy)
+    ours = sorted((index[r["trial_id"]], index[r["donor"]]) for _, r in clones.iterrows())
     assert ours == logged
 
 
