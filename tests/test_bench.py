@@ -65,6 +65,7 @@ def tiny_run(tmp_path_factory):
     return json.loads(path.read_text()), proc.stdout
 
 
+@pytest.mark.slow  # runs the benchmark in subprocesses
 def test_json_holds_every_part_and_the_headline_figures(tiny_run):
     result, table = tiny_run
     assert {"machine", "augment", "train", "pack", "tune", "projection", "augment_speedup", "train_speedup",
@@ -75,6 +76,7 @@ def test_json_holds_every_part_and_the_headline_figures(tiny_run):
         assert heading in table
 
 
+@pytest.mark.slow  # runs the benchmark in subprocesses
 def test_ratios_are_ours_over_the_baseline(tiny_run):
     result, _ = tiny_run
     aug = result["augment"]
@@ -94,6 +96,7 @@ def test_ratios_are_ours_over_the_baseline(tiny_run):
     assert 0.25 < tr["train_gflop_per_image"] < 0.32  # 3 x MobileNet's 93 MFLOP forward at 32x32
 
 
+@pytest.mark.slow  # runs the benchmark in subprocesses
 def test_packing_runs_every_k_asked_for(tiny_run):
     result, _ = tiny_run
     rows = result["pack"]["rows"]

@@ -55,8 +55,10 @@ def test_cpu_trials_ask_for_no_gpu_on_a_cluster_with_gpus():
 def test_resume_takes_the_saved_options_applies_some_and_refuses_the_rest_by_name():
     saved = {"options": {"seeds": 2, "max_concurrent": 4, "max_failures": 2, "checkpoint_every": 1,
                          "cpus_per_trial": 1.0, "gpus_per_trial": None, "epochs": None, "device": "auto"}}
-    opts = resume_options(saved, RunOptions(resume=True), given=set())
+    saved["search"] = {"search": "optuna", "num_samples": 6, "scheduler": "asha", "search_seed": 3}
+    opts = resume_options(saved, RunOptions(resume=True, plan=(("num_samples", 6),)), given=set())
     assert (opts.seeds, opts.max_concurrent) == (2, 4)  # not given: the experiment's own
+    assert dict(opts.plan) == saved["search"]  # the search too
     opts = resume_options(saved, RunOptions(resume=True, max_failures=5, checkpoint_every=3),
                           given={"max_failures", "checkpoint_every"})
     assert (opts.max_failures, opts.checkpoint_every, opts.seeds) == (5, 3, 2)  # applied

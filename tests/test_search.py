@@ -236,7 +236,9 @@ def test_resume_after_sigkill_keeps_the_searcher(tmp_path, isolated_ray, sampled
             driver.kill()
     before = {p.parent.name: p.read_text() for p in experiment.glob("*/result.json")
               if any(t in p.parent.name for t in ended)}
-    proc = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=600, env=env)
+    # resumed with the study and the storage alone: the search plan and the rest come from the experiment
+    resume = cmd[:cmd.index(sampled_study) + 1] + ["--smoke", "--storage-path", str(tmp_path / "r"), "--resume"]
+    proc = subprocess.run(resume, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     df = _frame(tmp_path / "r", sampled_study)
     assert df["trial_id"].nunique() == 6  # exactly num_samples: the searcher came back (ray issue 30861)

@@ -157,7 +157,8 @@ def resume_options(saved: dict[str, Any], opts: RunOptions, given: set[str]) -> 
                     f"experiment under another --storage-path")
             continue
         opts = replace(opts, **{name: recorded[name]})
-    return opts
+    saved_plan = saved.get("search") or {}
+    return replace(opts, plan=tuple({**saved_plan, **dict(opts.plan)}.items()))  # the search too, unless given
 
 
 def _parse_record(text: str, folder: str) -> dict[str, Any]:
