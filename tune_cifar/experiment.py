@@ -61,6 +61,7 @@ class RunOptions:
 # every other run option is part of the saved experiment, and a different value is refused.
 APPLIED_ON_RESUME = ("checkpoint_every", "max_failures")
 IDENTITY_OPTIONS = ("seeds", "epochs")  # they make another experiment, not another run of this one
+TABLE_ROWS = 15  # configurations printed at the end of a study (a search may have dozens), best first
 RECORDED_OPTIONS = ("seeds", "epochs", "gpus_per_trial", "cpus_per_trial", "max_concurrent", "max_failures",
                     "checkpoint_every", "device")
 
@@ -351,7 +352,9 @@ def _print_table(df: pd.DataFrame, study: Study) -> None:
         print(f"\n== {study.name}: no results ==", flush=True)
         return
     table = results.final_table(df, list(study.space), study.metric, study.mode)
-    print(f"\n== {study.name}: {study.description}\n{results.format_table(table)}", flush=True)
+    shown = table.head(TABLE_ROWS)
+    more = f"\n({len(table) - TABLE_ROWS} more configurations in results.parquet)" if len(table) > TABLE_ROWS else ""
+    print(f"\n== {study.name}: {study.description}\n{results.format_table(shown)}{more}", flush=True)
     won = table[table["winner"] == "*"]
     if not won.empty:
         values = ", ".join(f"{k}={won.iloc[0][k]}" for k in study.space)
