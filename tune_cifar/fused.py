@@ -84,8 +84,8 @@ FORMAT = "tune_cifar.fused/1"
 
 def unsupported_fields(cfg: TrainConfig) -> list[str]:
     """Names of fields set away from their default that the fused loop does not implement."""
-    default = TrainConfig()
-    return [f.name for f in fields(TrainConfig)
+    default = type(cfg)()
+    return [f.name for f in fields(cfg)
             if f.name not in SUPPORTED_FIELDS and getattr(cfg, f.name) != getattr(default, f.name)]
 
 
@@ -269,9 +269,8 @@ class FlatViews:
             self.offsets.append(self.offsets[-1] + t.numel())
         self.numel = self.offsets[-1]
 
-    def alloc(self, like: torch.Tensor, fill: float | None = 0.0) -> torch.Tensor:
-        flat = torch.empty(self.numel, dtype=like.dtype, device=like.device)
-        return flat.zero_() if fill == 0.0 else flat
+    def alloc(self, like: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(self.numel, dtype=like.dtype, device=like.device)
 
     def views(self, flat: torch.Tensor) -> list[torch.Tensor]:
         return [torch.as_strided(flat, shape, stride, off) for (shape, stride), off in zip(self.specs, self.offsets)]
@@ -289,17 +288,34 @@ class FlatViews:
 
 
 @torch.no_grad()
-def fused_sgd_(param: torch.Tensor, grad: torch.Tensor, buf: torch.Tensor, lr: torch.Tensor, weight_decay: torch.Tensor,
-               momentum: torch.Tensor, active: torch.Tensor) -> None:
+def fused_sgd_(param: torch.Tensor, grad: torch.Tensor, buf: torch.Tensor, lr: float | torch.Tensor,
+               weight_decay: float | torch.Tensor, momentum: float | torch.Tensor,
+               active: torch.Tensor | None = None) -> None:
     """torch.optim.SGD(momentum, dampening=0, nesterov=False, coupled weight_decay), in place, per element.
 
-    lr, weight_decay, momentum: tensors broadcastable to `param` (per member, or per element); `active`
-    bool likewise: where False, param and buf keep their values. A zero `buf` makes the first step's
-    buffer the gradient, as torch's clone on its first step does (momentum * 0 + d = d).
+    Each hyperparameter is a float shared by every member (then the arithmetic is torch's own, op for
+    op) or a tensor broadcastable to `param` (per member or per element). `active`: None, or a bool
+    tensor likewise; where False, param and buf keep their values (torch.where: a frozen member's
+    NaN never reaches the others, as a product with 0 would). `grad` is overwritten. A zero `buf`
+    makes the first step's buffer the gradient, as torch's clone on its first step does
+    (momentum * 0 + d = d).
     """
-    d = torch.addcmul(grad, weight_decay, param)  # grad + wd * param
-    new_buf = torch.addcmul(d, momentum, buf)  # momentum * buf + d
-    new_param = torch.addcmul(param, lr, new_buf, value=-1)
+    if active is None:  # the common case: 3-4 in-place passes, as torch's single-tensor SGD
+        if isinstance(weight_decay, torch.Tensor):
+            grad.addcmul_(weight_decay, param)
+        elif weight_decay != 0:
+            grad.add_(param, alpha=weight_decay)
+        buf.mul_(momentum).add_(grad)
+        if isinstance(lr, torch.Tensor):
+            param.addcmul_(lr, buf, value=-1)
+        else:
+            param.add_(buf, alpha=-lr)
+        return
+    d = torch.addcmul(grad, weight_decay, param) if isinstance(weight_decay, torch.Tensor) else (
+        grad.add(param, alpha=weight_decay) if weight_decay != 0 else grad)
+    new_buf = buf.mul(momentum).add_(d)
+    new_param = torch.addcmul(param, lr, new_buf, value=-1) if isinstance(lr, torch.Tensor) else (
+        param.add(new_buf, alpha=-lr))
     buf.copy_(torch.where(active, new_buf, buf))
     param.copy_(torch.where(active, new_param, param))
 
@@ -339,7 +355,8 @@ class FusedState:
         self.epoch = 0  # epochs completed by the group
         self.diverged_at: list[int | None] = [None] * self.k  # 1-based epoch at which each member diverged
         self._frozen_bn: dict[int, list[tuple[torch.Tensor, torch.Tensor, int]]] = {}
-        self.hparams: dict[str, torch.Tensor] = {}
+        self.hparams: dict[str, Any] = {}
+        self.active_members = torch.ones(self.k, dtype=torch.bool, device=device)
         self.reporting: tuple[int, ...] = ()  # members reporting at the epoch being reported (for callbacks)
 
     def _param_slots(self) -> list[tuple[nn.Module, str]]:
@@ -350,15 +367,26 @@ class FusedState:
         return [d is None for d in self.diverged_at]
 
     def set_epoch_hparams(self, lrs: Sequence[float]) -> None:
-        """Per-element lr, weight decay, momentum and active mask for the coming epoch (once per epoch)."""
-        dev, dtype = self.flat.device, self.flat.dtype
-        owner = self.layout.member_index(dev)
+        """lr, weight decay, momentum and the active mask for the coming epoch (once per epoch).
+
+        A value the members share stays a float (torch's own arithmetic, no per-element reads); values
+        that differ become per-element tensors over the flat buffer.
+        """
+        dev = self.flat.device
+        owner: torch.Tensor | None = None
+        self.hparams = {}
         per_member = {"lr": list(lrs), "weight_decay": [c.weight_decay for c in self.cfgs],
-                      "momentum": [c.momentum for c in self.cfgs]}
-        self.hparams = {name: torch.tensor(v, dtype=dtype, device=dev)[owner] for name, v in per_member.items()}
-        self.hparams["active"] = torch.tensor(self.active, device=dev)[owner]
-        self.hparams["active_members"] = torch.tensor(self.active, device=dev)
-        self.hparams["lr_members"] = torch.tensor(list(lrs), dtype=torch.float64)
+                      "momentum": [c.momentum for c in self.cfgs], "active": self.active}
+        for name, values in per_member.items():
+            if name == "active" and all(values):
+                self.hparams[name] = None  # no masking pass
+            elif name != "active" and len(set(values)) == 1:
+                self.hparams[name] = float(values[0])
+            else:
+                owner = self.layout.member_index(dev) if owner is None else owner
+                dtype = torch.bool if name == "active" else self.flat.dtype
+                self.hparams[name] = torch.tensor(values, dtype=dtype, device=dev)[owner]
+        self.active_members = torch.tensor(self.active, device=dev)
 
     def sgd_step(self) -> None:
         h = self.hparams
@@ -476,6 +504,9 @@ def resolve_group(cfgs: Sequence[TrainConfig], device: torch.device) -> list[Tra
     """Each config as it will run on `device`; ConfigError when they cannot train as one group."""
     if not cfgs:
         raise ConfigError("train_fused needs at least one configuration")
+    refused = [f"member {i}: {name}={getattr(c, name)!r}" for i, c in enumerate(cfgs) for name in unsupported_fields(c)]
+    if refused:
+        raise ConfigError("the fused loop does not implement " + "; ".join(refused) + " (train these with train())")
     resolved = [resolve_runtime(c.replace(device=device.type)) for c in cfgs]
     reasons = compatible(resolved)
     if reasons:
@@ -504,9 +535,10 @@ def train_fused(cfgs: Sequence[TrainConfig], data: CifarData | DeviceData, on_ep
 
 def _train_fused(cfgs: Sequence[TrainConfig], data: CifarData | DeviceData, on_epoch: FusedCallback | None,
                  resume_from: dict[str, Any] | None) -> list[dict[str, Any]]:
+    device = data.device if isinstance(data, DeviceData) else pick_device(cfgs[0].device if cfgs else "auto")
+    cfgs = resolve_group(cfgs, device)  # refuses before any data moves
     if isinstance(data, CifarData):
-        data = DeviceData(data, cfgs[0].val_fraction, cfgs[0].split_seed, pick_device(cfgs[0].device))
-    cfgs = resolve_group(cfgs, data.device)
+        data = DeviceData(data, cfgs[0].val_fraction, cfgs[0].split_seed, device)
     group_cfg = cfgs[0]
     state = FusedState(cfgs, data.device)
     if resume_from is not None:
@@ -631,7 +663,7 @@ def fused_step(model: nn.Module, state: FusedState, x: torch.Tensor, y: torch.Te
         loss, hits = member_losses(logits, y, y_mix, lam)
     state.grad.zero_()
     # Diverged members get no gradient (where, not a product: their loss is NaN, and NaN * 0 is NaN).
-    torch.where(state.hparams["active_members"], loss, torch.zeros_like(loss)).sum().backward()
+    torch.where(state.active_members, loss, torch.zeros_like(loss)).sum().backward()
     state.sgd_step()
     return loss.detach(), hits
 
