@@ -12,7 +12,7 @@ from tune_cifar.config import ConfigError, TrainConfig
 from tune_cifar.data import read_cifar100, write_synthetic
 from tune_cifar.fused import (FusedState, compatible, fuse_models, fused_sgd_, group_configs, train_fused,
                               unsupported_fields)
-from tune_cifar.fused_bench import bench_fused, format_fused
+from tune_cifar.fused_bench import bench_fused, bench_methods, format_fused
 from tune_cifar.train import CheckpointMismatch, TrainState, resolve_runtime, train
 
 KEYS = ("epoch", "lr", "weight_decay", "momentum", "mixup_alpha", "train_loss", "train_acc", "val_loss", "val_acc",
@@ -80,7 +80,8 @@ def assert_metrics_close(fused_rows, plain_rows, rel=1e-4):
 
 @pytest.fixture(scope="module", params=[True, False], ids=["channels_last", "nchw"])
 def layout_runs(request, data):
-    cfgs = [c.replace(channels_last=request.param) for c in MEMBERS]
+    members = MEMBERS if request.param else MEMBERS[1:]  # NCHW: two members keep the test short
+    cfgs = [c.replace(channels_last=request.param) for c in members]
     return cfgs, run_fused(cfgs, data), [run_plain(c, data) for c in cfgs]
 
 
@@ -257,7 +258,7 @@ def test_every_registered_model_fuses_and_splits_back(name):
 
 def test_bench_fused_tiny_run_has_every_figure():
     args = argparse.Namespace(k=[1, 2], model="mobilenet", batch_size=8, steps=1, repeats=1, skip_pack=False,
-                              methods=True)
+                              methods=False)
     result = bench_fused(args, torch.device("cpu"))
     assert [r["k"] for r in result["rows"]] == [1, 2]
     for row in result["rows"]:
@@ -266,6 +267,12 @@ def test_bench_fused_tiny_run_has_every_figure():
         assert row["graph_images_per_s"] is None  # cpu: no CUDA graph
         assert row["fused_vs_packed"] == pytest.approx(row["fused_images_per_s"] / row["packed_images_per_s"])
     assert result["fused_speedup"] > 0 and result["fused_k1_vs_plain"] > 0
-    assert all(v > 0 for row in result["methods"]["rows"] for k, v in row.items())
+    assert result["methods"] is None and result["machine"]["device"] == "cpu"
     table = format_fused(result)
-    assert "fused_speedup" in table and "vmap" in table and len(table.splitlines()) >= 9
+    assert "fused_speedup" in table and len(table.splitlines()) == 6  # heading, legend, columns, K=1, K=2, summary
+
+
+def test_fusion_method_steps_run_and_are_timed():
+    args = argparse.Namespace(k=[2], model="mobilenet", batch_size=4, steps=1, repeats=1)
+    rows = bench_methods(args, torch.device("cpu"))["rows"]
+    assert rows[0]["k"] == 2 and all(rows[0][f"{m}_images_per_s"] > 0 for m in ("plain", "grouped", "vmap"))

@@ -16,23 +16,36 @@ table raise ConfigError naming their type, and a probe compares the fused forwar
 own at build time, so a forward that mixes channels (a concat along channels, a channel shuffle) is
 refused instead of training K entangled models.
 
-Why the grouped-conv rewrite and not torch.func (vmap of functional_call over stack_module_state),
+Why the grouped-conv rewrite and not torch.func (vmap of functional_call over stack_module_state):
 measured on this project's 2-core CPU (torch 2.14.1, MobileNet, batch 128 per member, channels_last,
-fp32; forward + backward + fused SGD, best of interleaved rounds, load average 2.1-2.9 from other
-work; `python -m tune_cifar.fused_bench --methods-only`):
+fp32), one forward + backward + SGD step of all K members on resident tensors, best of 6 interleaved
+rounds; other jobs shared the machine (load average 4.1 at start, 3.2 at end), so read the ratios,
+not the last digit (`python -m tune_cifar.fused_bench --methods-only --steps 1 --repeats 6`):
 
-    images/s (all members)   K=1    K=2    K=4    K=8
-    plain model, in turn      333    333    333    333   (one nn.Module per member, stepped one by one)
-    grouped conv (this)       320    265    238    225
-    vmap                      266    235    218    204
+    images/s, all members      K=1    K=2    K=4    K=8
+    plain models, in turn       633    699    669    653   (one nn.Module + torch SGD per member)
+    grouped conv (this module)  611    390    264    228
+    vmap                        512    259    195    125
 
-Grouped convolutions ran 3-20% faster than vmap at every K, and at K=1 this path is the plain model
-(groups unchanged), so a lone member costs about what train() does; vmap's K=1 was 20% slower.
-On the CPU neither beats stepping the members in turn: oneDNN's dense 1x1 convolutions are faster
-than grouped ones, and two cores are already busy at batch 128. The gain is expected on a GPU, where
-one trial is bound by kernel launches and Python (HFTA reports 2.4x for three MobileNetV2 on a V100);
-`python -m tune_cifar.fused_bench --device cuda` measures that, CUDA graphs included, whenever a GPU is
-lent. vmap also lowers convolutions to the same grouped kernels, so it could only add overhead there.
+The grouped rewrite beat vmap at every K (1.2x at K=1, 1.3-1.8x above), and at K=1 it runs the plain
+model's own kernels (groups unchanged), so a lone member costs what train() does (0.97x per step).
+On this CPU neither fusion beats stepping members in turn: oneDNN's dense 1x1 convolutions are faster
+than grouped ones, and two cores are busy at batch 128 already. End to end (train_fused vs K train()
+runs in this process vs K processes at once, second of 2 epochs of 3 steps timed, best of 2 rounds,
+load average 0.8 rising to 9.5; `python -m tune_cifar.fused_bench --device cpu --steps 3`):
+
+    images/s, all members      K=1    K=2    K=4    K=8
+    fused (train_fused)         443    364    287    141
+    sequential (train())        564    621    651    225
+    packed (K processes)        507    541    331    301
+
+(the K=1 fused/plain gap there is noise: interleaved A/B runs of train_fused([cfg]) against train(cfg)
+gave 674 vs 643 and 729 vs 623 images/s, best of 12 and of 6 rounds.) The case for fusion is a GPU,
+where one small trial is bound by kernel launches and Python (HFTA reports 2.4x for three MobileNetV2
+on a V100): fused, each launch does K times the work, and the whole step can be one CUDA graph.
+`python -m tune_cifar.fused_bench --device cuda --methods` measures that whenever a GPU is lent (not in
+this session). vmap lowers convolutions to the same grouped kernels there, so it is not expected to
+win on the GPU either; its row in the --methods table would say if it does.
 
 Each member keeps, exactly as an independent train() of its config would:
 - its initial weights (TrainState: torch.manual_seed(seed), then build_model);
@@ -49,8 +62,13 @@ Each member keeps, exactly as an independent train() of its config would:
   and BatchNorm statistics as they were (never a multiply by 0: NaN * 0 is NaN), it reports nothing
   more, and the others go on. The group stops when every member has diverged or finished.
 
-Members agree to rounding, not bit for bit: a grouped convolution sums in another order than a dense
-one. Tested: metrics within 1e-4 relative of independent runs after 2 epochs (tests/test_fused.py).
+Members agree with independent runs to rounding, not bit for bit: a grouped convolution may sum in
+another order than a dense one, and this network amplifies rounding quickly (its fp32 gradients at
+initialisation differ from fp64 ones by 1e-3..2e-2). Tested (tests/test_fused.py, 2 epochs of one step):
+with channels_last, every metric within 1e-4 relative of train() (measured ~3e-6), parameters within
+2% of the distance they travelled (BatchNorm statistics: 1e-5 of theirs); in NCHW the fused run is as far
+from train() as train() is from itself in the other memory layout (epoch-2 train loss ~5e-3).
+Members beside a diverged one compute bit for bit what they compute beside a healthy one.
 """
 
 from __future__ import annotations
@@ -278,7 +296,8 @@ class FlatViews:
     def member_index(self, device: torch.device) -> torch.Tensor:
         """(numel,) int64: which member owns each element."""
         sizes = torch.tensor([(b - a) // self.members for a, b in zip(self.offsets, self.offsets[1:])])
-        return torch.arange(self.members).repeat(len(sizes)).repeat_interleave(sizes.repeat_interleave(self.members)).to(device)
+        owners = torch.arange(self.members).repeat(len(sizes))  # member of each (tensor, member) block
+        return owners.repeat_interleave(sizes.repeat_interleave(self.members)).to(device)
 
     def member_slice(self, flat: torch.Tensor, i: int, k: int) -> torch.Tensor:
         """Tensor i's rows of member k, in the member's own shape (a view)."""
@@ -348,7 +367,8 @@ class FusedState:
             view.copy_(p.detach())
         self.grad = self.layout.alloc(params[0])
         self.momentum_buf = self.layout.alloc(params[0])
-        for (module, name), view, grad in zip(self._param_slots(), self.layout.views(self.flat), self.layout.views(self.grad)):
+        slots = zip(self._param_slots(), self.layout.views(self.flat), self.layout.views(self.grad))
+        for (module, name), view, grad in slots:
             module._parameters[name] = nn.Parameter(view)  # an alias of the flat buffer
             module._parameters[name].grad = grad  # backward accumulates into the flat grad buffer
         self._bns = [m for m in self.model.modules() if isinstance(m, nn.BatchNorm2d) and m.track_running_stats]
@@ -396,8 +416,9 @@ class FusedState:
 
     def freeze(self, k: int, epoch: int) -> None:
         self.diverged_at[k] = epoch
-        self._frozen_bn[k] = [(self._bn_rows(bn, "running_mean", k).clone(), self._bn_rows(bn, "running_var", k).clone(),
-                               int(bn.num_batches_tracked)) for bn in self._bns]
+        self._frozen_bn[k] = [(self._bn_rows(bn, "running_mean", k).clone(),
+                               self._bn_rows(bn, "running_var", k).clone(), int(bn.num_batches_tracked))
+                              for bn in self._bns]
 
     def restore_frozen(self) -> None:
         with torch.no_grad():
@@ -700,7 +721,8 @@ def evaluate_fused(model: nn.Module, k: int, data: DeviceData, split: str, cfg: 
             b = len(y)
             lg = model(x).float().view(b, k, -1).transpose(0, 1)  # (K, b, C)
             yk = y.expand(k, b)
-            loss_sum += F.cross_entropy(lg.reshape(k * b, -1), yk.reshape(-1), reduction="none").view(k, b).double().sum(1)
+            losses = F.cross_entropy(lg.reshape(k * b, -1), yk.reshape(-1), reduction="none").view(k, b)
+            loss_sum += losses.double().sum(1)
             hits += (lg.argmax(2) == yk).sum(1)
             count += b
     return (loss_sum / count).tolist(), (hits.double() / count).tolist()
