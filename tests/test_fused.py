@@ -144,6 +144,12 @@ def test_a_diverging_member_is_frozen_and_leaves_the_others_untouched(data):
     for i, s in frozen_then["optimizer"]["state"].items():
         torch.testing.assert_close(frozen_now["optimizer"]["state"][i]["momentum_buffer"], s["momentum_buffer"],
                                    rtol=0, atol=0, equal_nan=True)
+    resumed, _, resumed_states = run_fused([cfgs[0], blowup, cfgs[2]], data, resume_from=groups[1])
+    assert [[r["epoch"] for r in member] for member in resumed] == [[2], [], [2]]  # the frozen one stays silent
+    for i in (0, 2):
+        assert {k: resumed[i][0].get(k) for k in KEYS} == {k: rows[i][1].get(k) for k in KEYS}
+    for name, value in frozen_then["model"].items():
+        torch.testing.assert_close(resumed_states[1]["model"][name], value, rtol=0, atol=0, equal_nan=True, msg=name)
 
 
 def test_group_stops_when_every_member_has_diverged(data):
@@ -273,6 +279,6 @@ def test_bench_fused_tiny_run_has_every_figure():
 
 
 def test_fusion_method_steps_run_and_are_timed():
-    args = argparse.Namespace(k=[2], model="mobilenet", batch_size=4, steps=1, repeats=1)
+    args = argparse.Namespace(k=[1], model="mobilenet", batch_size=4, steps=1, repeats=1)
     rows = bench_methods(args, torch.device("cpu"))["rows"]
-    assert rows[0]["k"] == 2 and all(rows[0][f"{m}_images_per_s"] > 0 for m in ("plain", "grouped", "vmap"))
+    assert rows[0]["k"] == 1 and all(rows[0][f"{m}_images_per_s"] > 0 for m in ("plain", "grouped", "vmap"))

@@ -371,7 +371,10 @@ class FusedState:
         for (module, name), view, grad in slots:
             module._parameters[name] = nn.Parameter(view)  # an alias of the flat buffer
             module._parameters[name].grad = grad  # backward accumulates into the flat grad buffer
-        self._bns = [m for m in self.model.modules() if isinstance(m, nn.BatchNorm2d) and m.track_running_stats]
+        named_bns = [(n, m) for n, m in self.model.named_modules()
+                     if isinstance(m, nn.BatchNorm2d) and m.track_running_stats]
+        self._bn_names = [n for n, _ in named_bns]
+        self._bns = [m for _, m in named_bns]
         self.epoch = 0  # epochs completed by the group
         self.diverged_at: list[int | None] = [None] * self.k  # 1-based epoch at which each member diverged
         self._frozen_bn: dict[int, list[tuple[torch.Tensor, torch.Tensor, int]]] = {}
@@ -437,15 +440,13 @@ class FusedState:
         """Member k as the dict TrainState(cfg_k).state_dict() would hold after the same epochs (copies)."""
         fused_sd = self.model.state_dict()
         frozen = self._frozen_bn.get(k)
-        bn_index = {id(bn): j for j, bn in enumerate(self._bns)}
-        bn_by_prefix = {n: bn for n, bn in self.model.named_modules() if id(bn) in bn_index}
+        bn_index = {n: j for j, n in enumerate(self._bn_names)}
         model: dict[str, torch.Tensor] = {}
         for name, ref in self._template.model.state_dict().items():
             prefix, _, leaf = name.rpartition(".")
             value = fused_sd[name]
             if leaf == "num_batches_tracked":
-                bn = bn_by_prefix[prefix]
-                count = frozen[bn_index[id(bn)]][2] if frozen else int(value)
+                count = frozen[bn_index[prefix]][2] if frozen else int(value)
                 model[name] = torch.tensor(count, dtype=ref.dtype)
                 continue
             rows = ref.shape[0] if ref.dim() else 1
@@ -482,20 +483,23 @@ class FusedState:
                 raise CheckpointMismatch(f"member {k}: checkpoint is from another configuration (" + ", ".join(
                     f"{f}: saved {saved.get(f)!r} vs {getattr(cfg, f)!r}" for f in diff) + ")")
         try:
-            self._load_members(members)
             self.epoch = int(state["epoch"])
             self.diverged_at = [None if d is None else int(d) for d in state["diverged_at"]]
+            self._load_members(members)
+            self._frozen_bn = {}
+            for k, d in enumerate(self.diverged_at):
+                if d is not None:  # its BatchNorm statistics and step count as they were when it diverged
+                    self.freeze(k, d)
+                    counts = [int(members[k]["model"][f"{n}.num_batches_tracked"]) for n in self._bn_names]
+                    self._frozen_bn[k] = [(m, v, c) for (m, v, _), c in zip(self._frozen_bn[k], counts)]
         except (KeyError, IndexError, RuntimeError, TypeError, ValueError) as e:
             raise CheckpointMismatch(f"checkpoint does not fit this group ({type(e).__name__}: {e})") from None
-        self._frozen_bn = {}
-        for k, d in enumerate(self.diverged_at):
-            if d is not None:
-                self.freeze(k, d)
 
     @torch.no_grad()
     def _load_members(self, members: Sequence[dict[str, Any]]) -> None:
         target = self.model.state_dict()  # views of the live tensors
         names = list(self._template.model.state_dict())
+        counting = next((k for k in range(self.k) if self.diverged_at[k] is None), 0)  # shared BN step counts
         for k, member in enumerate(members):
             model = member["model"]
             if set(model) != set(names):
@@ -503,7 +507,8 @@ class FusedState:
             for name in names:
                 value = model[name]
                 if name.endswith("num_batches_tracked"):
-                    target[name].copy_(value)
+                    if k == counting:
+                        target[name].copy_(value)
                     continue
                 rows = value.shape[0] if value.dim() else 1
                 target[name][k * rows : (k + 1) * rows].copy_(value.reshape(target[name][:rows].shape))
