@@ -223,7 +223,7 @@ def test_a_field_the_fused_loop_does_not_know_is_refused(data):
 
 
 class WithLayerNorm(nn.Module):
-    def __init__(self, num_classes=100):
+    def __init__(self, num_classes=100, **options):  # build_model passes dropout / drop_path
         super().__init__()
         self.conv, self.norm, self.fc = nn.Conv2d(3, 4, 3), nn.LayerNorm(30), nn.Linear(4, num_classes)
 

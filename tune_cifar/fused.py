@@ -51,7 +51,7 @@ Each member keeps, exactly as an independent train() of its config would:
 - its initial weights (TrainState: torch.manual_seed(seed), then build_model);
 - its data order, crops, flips and mixup draws (EpochPlan / MixupPlan with its own seed); a member
   without mixup runs the mixup formula with lambda = 1, which is the plain loss and accuracy exactly;
-- its SGD: lr from lr_at(its schedule) each epoch, its weight decay and momentum, as torch.optim.SGD
+- its SGD: lr from its schedule each epoch (schedules.schedule_lr; per-step schedules are refused), its weight decay and momentum, as torch.optim.SGD
   (coupled weight decay, dampening 0, no Nesterov). One update over a flat buffer that holds every
   parameter, with per-element lr / weight decay / momentum tensors refreshed once per epoch: five
   elementwise kernels per step whatever K is, no host sync;
@@ -86,14 +86,16 @@ from torch import nn
 from tune_cifar.config import ConfigError, TrainConfig
 from tune_cifar.data import CifarData, DeviceData, EpochPlan, crop_flip, normalise
 from tune_cifar.schema import CHECKPOINT_FIELDS
-from tune_cifar.train import (CheckpointMismatch, MixupPlan, OutOfMemory, TrainState, _is_oom, lr_at, pick_device,
+from tune_cifar.schedules import PER_STEP, schedule_lr
+from tune_cifar.train import (CheckpointMismatch, MixupPlan, OutOfMemory, TrainState, _is_oom, pick_device,
                               resolve_runtime, set_fp32_matmul)
 
 # Fields every member of a group must share: one network shape, one data stream, one arithmetic.
 GROUP_FIELDS = ("model", "epochs", "batch_size", "split_seed", "val_fraction", "data_dir", "download", "device",
                 "precision", "channels_last", "compile", "eval_batch_size")
 # Fields each member has for itself.
-MEMBER_FIELDS = ("lr", "schedule", "weight_decay", "momentum", "mixup_alpha", "seed")
+MEMBER_FIELDS = ("lr", "schedule", "step_milestones", "step_gamma", "warmup_epochs", "weight_decay", "momentum",
+                 "mixup_alpha", "seed")
 # Every TrainConfig field train_fused honours. A field added to TrainConfig later is refused when it is
 # not at its default, until it is handled here: the fused loop cannot silently drop, say, label smoothing.
 SUPPORTED_FIELDS = GROUP_FIELDS + MEMBER_FIELDS
@@ -103,8 +105,11 @@ FORMAT = "tune_cifar.fused/1"
 def unsupported_fields(cfg: TrainConfig) -> list[str]:
     """Names of fields set away from their default that the fused loop does not implement."""
     default = type(cfg)()
-    return [f.name for f in fields(cfg)
-            if f.name not in SUPPORTED_FIELDS and getattr(cfg, f.name) != getattr(default, f.name)]
+    refused = [f.name for f in fields(cfg)
+               if f.name not in SUPPORTED_FIELDS and getattr(cfg, f.name) != getattr(default, f.name)]
+    if cfg.schedule in PER_STEP:  # the fused loop sets each member's lr once per epoch
+        refused.append("schedule")
+    return refused
 
 
 def compatible(cfgs: Sequence[TrainConfig]) -> list[str]:
@@ -454,7 +459,7 @@ class FusedState:
         cfg = self.cfgs[k]
         epochs_done = self.diverged_at[k] or self.epoch
         group = dict(self._template.optimizer.state_dict()["param_groups"][0])
-        group.update(lr=lr_at(cfg.lr, cfg.schedule, max(epochs_done - 1, 0), cfg.epochs), momentum=cfg.momentum,
+        group.update(lr=schedule_lr(cfg, max(epochs_done - 1, 0)), momentum=cfg.momentum,
                      weight_decay=cfg.weight_decay)
         opt_state: dict[int, dict[str, torch.Tensor]] = {}
         if self.epoch > 0 and cfg.momentum != 0:  # torch keeps no buffer before the first step, nor without momentum
@@ -579,7 +584,7 @@ def _train_fused(cfgs: Sequence[TrainConfig], data: CifarData | DeviceData, on_e
     while state.epoch < group_cfg.epochs and any(state.active):
         epoch = state.epoch
         t0 = time.perf_counter()
-        lrs = [lr_at(c.lr, c.schedule, epoch, c.epochs) for c in cfgs]
+        lrs = [schedule_lr(c, epoch) for c in cfgs]  # per-epoch schedules only (PER_STEP ones are refused)
         state.set_epoch_hparams(lrs)
         train_loss, train_acc = fused_train_epoch(step_model, state, data, epoch, autocast)
         train_s = time.perf_counter() - t0
