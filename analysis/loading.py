@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from tune_cifar import schema
-from tune_cifar.results import CONFIG_FIELDS, read_trial_records, trial_status
+from tune_cifar.results import CONFIG_FIELDS, member_trials, read_trial_records, trial_status
 from tune_cifar.storage import read_text
 from tune_cifar.schema import CONFIGURATION_FIELDS as IDENTITY_FIELDS, EVENTS, METRICS
 
@@ -146,19 +146,30 @@ def tune_statuses(folder: Path) -> dict[str, str]:
 
 
 def _read_trial(folder: Path, meta: dict[str, Any], ended: set[str] = frozenset()) -> pd.DataFrame:
+    """One Tune trial's rows; a fused group's trial gives each member's rows under its own trial id."""
     params = _read_json(folder / "params.json")
     info = _read_json(folder / "run_info.json") if (folder / "run_info.json").is_file() else {}
-    lines = read_trial_records(str(folder), read_text)
-    config = {**meta.get("base", {}), **params, **info.get("config", {})}
+    tune_id = str(info.get("trial_id") or next((r.get("trial_id") for r in read_trial_records(str(folder), read_text)
+                                                if r.get("trial_id")), None) or folder.name)
+    resolved = info.get("members") or [{"config": info.get("config", {})}]
+    frames = [_member_rows(folder, meta, trial_id, member, {**config, **resolved[member or 0].get("config", {})},
+                           info, tune_id in ended)
+              for trial_id, member, config in member_trials(tune_id, params)]
+    return pd.concat(frames, ignore_index=True)
+
+
+def _member_rows(folder: Path, meta: dict[str, Any], trial_id: str, member: int | None, params: dict[str, Any],
+                 info: dict[str, Any], ended: bool) -> pd.DataFrame:
+    lines = read_trial_records(str(folder), read_text, member)
+    config = {**meta.get("base", {}), **params}
     rows = pd.DataFrame([{m: line.get(m) for m in (*METRICS, *EVENTS)} for line in lines]
                         or [{m: math.nan for m in METRICS}])
     if lines:
         rows["epoch"] = rows["epoch"].fillna(pd.Series([line.get("training_iteration") for line in lines]))
     rows.insert(0, "study", meta["study"])
-    rows.insert(1, "trial_id", str(info.get("trial_id") or (lines[-1].get("trial_id") if lines else None)
-                                   or folder.name))
-    rows.insert(2, "seed", info.get("seed", config.get("seed")))
-    rows.insert(3, "status", _trial_status(folder, rows, config, rows["trial_id"].iloc[0] in ended))
+    rows.insert(1, "trial_id", trial_id)
+    rows.insert(2, "seed", config.get("seed"))
+    rows.insert(3, "status", _trial_status(folder, rows, config, ended))
     for name in CONFIG_FIELDS:
         rows[f"config/{name}"] = config.get(name)
     resources = info.get("resources") or meta.get("resources") or {}

@@ -55,6 +55,7 @@ class RunOptions:
     extra: tuple[tuple[str, Any], ...] = ()  # further TrainConfig overrides (--set, smoke's sizes)
     plan: tuple[tuple[str, Any], ...] = ()  # SearchPlan fields given on the command line (--search, --scheduler...)
     verbose: bool = False  # Tune's own trial tables instead of our progress lines
+    fuse: int | None = None  # train up to this many compatible configurations as one fused model per trial
 
 
 # Options a resumed experiment takes anew (the trainable and Tune's failure handling are rebuilt);
@@ -63,7 +64,7 @@ APPLIED_ON_RESUME = ("checkpoint_every", "max_failures")
 IDENTITY_OPTIONS = ("seeds", "epochs")  # they make another experiment, not another run of this one
 TABLE_ROWS = 15  # configurations printed at the end of a study (a search may have dozens), best first
 RECORDED_OPTIONS = ("seeds", "epochs", "gpus_per_trial", "cpus_per_trial", "max_concurrent", "max_failures",
-                    "checkpoint_every", "device")
+                    "checkpoint_every", "device", "fuse")
 
 
 def search_plan(study: Study, opts: RunOptions) -> SearchPlan:
@@ -73,7 +74,24 @@ def search_plan(study: Study, opts: RunOptions) -> SearchPlan:
                           f"(e.g. python -m tune_cifar.run joint)")
     plan = replace(study.plan, **dict(opts.plan))
     epochs = opts.epochs or study.base_config().epochs
-    return search.check(study.space, plan, epochs, opts.seeds)
+    plan = search.check(study.space, plan, epochs, opts.seeds)
+    if opts.fuse is not None:
+        if opts.fuse < 1:
+            raise ConfigError(f"--fuse must be >= 1, not {opts.fuse}")
+        if plan.search != "grid" or plan.scheduler != "fifo":
+            raise ConfigError(f"--fuse trains a grid's configurations together from start to end; it cannot be combined "
+                              f"with --search {plan.search} --scheduler {plan.scheduler}, which pick or stop trials "
+                              f"one by one (use --search grid --scheduler fifo, or drop --fuse)")
+    return plan
+
+
+def fused_groups(study: Study, opts: RunOptions, carried: dict[str, Any]) -> list[list[dict[str, Any]]]:
+    """The grid's configurations (times seeds) as fusable groups of at most opts.fuse, each a list of config dicts."""
+    from tune_cifar.fused import group_configs
+
+    overrides = _overrides(opts)
+    cfgs = [c.replace(**overrides, seed=seed) for c in study.configs(carried) for seed in range(opts.seeds)]
+    return [[cfgs[i].to_dict() for i in group] for group in group_configs(cfgs, opts.fuse)]
 
 
 def param_space(study: Study, opts: RunOptions, carried: dict[str, Any], plan: SearchPlan) -> dict[str, Any]:
@@ -86,6 +104,8 @@ def param_space(study: Study, opts: RunOptions, carried: dict[str, Any], plan: S
     space.update(search.tune_space(study.space, plan))
     if opts.seeds > 1 and plan.search in ("grid", "random"):
         space["seed"] = tune.grid_search(list(range(opts.seeds)))  # (a Repeater gives other searchers their seeds)
+    if opts.fuse:  # one trial per fused group, each holding its members' whole configurations
+        space = {"members": tune.grid_search(fused_groups(study, opts, carried))}
     return space
 
 
@@ -112,7 +132,7 @@ def study_record(study: Study, opts: RunOptions, carried: dict[str, Any], res: d
     space = {k: (search.describe(v) if search.is_domain(v) else v) for k, v in study.space.items()}
     return {"study": study.name, "title": study.title, "description": study.description, "metric": study.metric,
             "mode": study.mode, "space": space, "base": base, "carried": carried, "seeds": opts.seeds,
-            "search": asdict(plan), "strategy": plan.label(), "resources": res, "chain": chain,
+            "search": asdict(plan), "strategy": plan.label(), "fuse": opts.fuse, "resources": res, "chain": chain,
             "options": {k: getattr(opts, k) for k in RECORDED_OPTIONS}}
 
 
@@ -177,7 +197,7 @@ def _identity(record: dict[str, Any]) -> tuple:
     base = {k: v for k, v in record.get("base", {}).items() if k not in ("data_dir", "download", "device")}
     return (record.get("study"), json.dumps(record.get("space"), sort_keys=True),
             json.dumps(base, sort_keys=True, default=str), record.get("seeds"),
-            json.dumps(record.get("search") or asdict(SearchPlan()), sort_keys=True))
+            json.dumps(record.get("search") or asdict(SearchPlan()), sort_keys=True), record.get("fuse"))
 
 
 def _describe(record: dict[str, Any]) -> str:
@@ -194,10 +214,12 @@ def results_frame(result_grid: Any, study: Study, res: dict[str, float]) -> pd.D
     """
     frames = []
     for result in result_grid:
-        records = results.read_trial_records(result.path, read_text)
-        trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
-        frames.append(results.trial_frame(study.name, trial_id, dict(result.config), records,
-                                          errored=result.error is not None, ended=True, resources=res))
+        tune_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
+        # a fused group's trial is one row set per member, as if each had been a trial of its own
+        for trial_id, member, config in results.member_trials(tune_id, dict(result.config)):
+            records = results.read_trial_records(result.path, read_text, member)
+            frames.append(results.trial_frame(study.name, trial_id, config, records,
+                                              errored=result.error is not None, ended=True, resources=res))
     return results.combine(frames)
 
 
@@ -208,7 +230,7 @@ def run_study(study: Study, data: CifarData, opts: RunOptions, storage: str, car
     from ray import tune
 
     from tune_cifar.progress import EpochRecorder, StudyProgress
-    from tune_cifar.trainable import TrialOptions, train_trial
+    from tune_cifar.trainable import TrialOptions, train_group, train_trial
 
     carried = carried or {}
     path = join(storage, study.name)
@@ -227,9 +249,12 @@ def run_study(study: Study, data: CifarData, opts: RunOptions, storage: str, car
 
     options = TrialOptions(study=study.name, checkpoint_every=opts.checkpoint_every,
                            also_every=plan.perturbation_interval if plan.scheduler == "pbt" else None)
-    trainable = tune.with_resources(tune.with_parameters(train_trial, data=data, options=options), res)
-    n_trials = search.num_trials(study.space, plan, opts.seeds)
-    progress = StudyProgress(study.name, study.metric, study.mode, list(study.space), n_trials, n_trials * epochs)
+    trainable = tune.with_resources(
+        tune.with_parameters(train_group if opts.fuse else train_trial, data=data, options=options), res)
+    n_configs = search.num_trials(study.space, plan, opts.seeds)
+    n_trials = len(fused_groups(study, opts, carried)) if opts.fuse else n_configs
+    progress = StudyProgress(study.name, study.metric, study.mode, list(study.space), n_trials, n_configs * epochs,
+                             unit="groups" if opts.fuse else "trials")
     resume = opts.resume
     if resume and not tune.Tuner.can_restore(path):
         if is_uri(path) or any(p.is_dir() for p in Path(path).iterdir()):
@@ -273,7 +298,9 @@ def run_study(study: Study, data: CifarData, opts: RunOptions, storage: str, car
             ),
         )
     per_trial = f"{res['cpu']:g} CPU" + (f" and {res['gpu']:g} GPU" if res["gpu"] else "")
-    print(f"[{study.name}] {study.description}\n[{study.name}] {n_trials} trials of up to {epochs} epochs "
+    what = (f"{n_configs} trials fused into {n_trials} groups of up to {opts.fuse}" if opts.fuse
+            else f"{n_trials} trials")
+    print(f"[{study.name}] {study.description}\n[{study.name}] {what}, up to {epochs} epochs "
           f"({plan.label()}), {per_trial} each, carried {carried or 'nothing'}; results in {path}", file=sys.stderr)
     with _quiet_tune(not opts.verbose):
         grid = tuner.fit()

@@ -21,7 +21,7 @@ from typing import Any, Sequence, TextIO
 
 from ray import tune
 
-from tune_cifar.results import RECORD_FILE, record_of, parse_records
+from tune_cifar.results import RECORD_FILE, parse_records, records_of
 from tune_cifar.storage import join, read_text, write_atomic
 
 
@@ -33,10 +33,11 @@ def clock(seconds: float) -> str:
 
 class StudyProgress(tune.Callback):
     def __init__(self, study: str, metric: str, mode: str, keys: Sequence[str], trials: int, trial_epochs: int,
-                 interval: float = 10.0, stream: TextIO | None = None):
+                 interval: float = 10.0, stream: TextIO | None = None, unit: str = "trials"):
         self.study, self.metric, self.mode, self.keys = study, metric, mode, list(keys)
         self.trials, self.trial_epochs = trials, trial_epochs
         self.interval = interval
+        self.unit = unit  # "trials", or "groups" when each Tune trial trains a fused group
         self.stream = stream  # None: sys.stderr at the time of printing (Tune pickles callbacks; streams do not)
         self.start = time.monotonic()
         self.last_line = -math.inf
@@ -51,11 +52,18 @@ class StudyProgress(tune.Callback):
         epoch = result.get("epoch")
         if epoch is None:
             return
-        self.epochs[trial.trial_id] = int(epoch)
-        value = result.get(self.metric)
-        if value is not None and math.isfinite(value) and not result.get("diverged"):
+        members = result.get("members") if isinstance(result.get("members"), dict) else None
+        if members:  # a fused group's epoch is one epoch of each member still training
+            self.epochs[trial.trial_id] = self.epochs.get(trial.trial_id, 0) + len(members)
+        else:
+            self.epochs[trial.trial_id] = int(epoch)
+        candidates = ([(m, trial.config["members"][int(k)]) for k, m in members.items()] if members
+                      else [(result, trial.config)])
+        for metrics, config in candidates:
+            value = metrics.get(self.metric)
+            if value is None or not math.isfinite(value) or metrics.get("diverged"):
+                continue
             if self.best is None or (value > self.best[0] if self.mode == "max" else value < self.best[0]):
-                config = trial.config
                 self.best = (value, ", ".join(f"{k}={_short(config.get(k))}" for k in self.keys))
         if time.monotonic() - self.last_line >= self.interval:
             self.line()
@@ -75,7 +83,7 @@ class StudyProgress(tune.Callback):
         total = max(self.trial_epochs, done)
         left = f", ~{clock(elapsed / done * (total - done))} left" if 0 < done < total else ""
         best = f", best {self.metric} {self.best[0]:.4f} ({self.best[1]})" if self.best else ""
-        print(f"[{self.study}] {len(self.ended)}/{self.trials} trials, {done}/{total} trial-epochs, "
+        print(f"[{self.study}] {len(self.ended)}/{self.trials} {self.unit}, {done}/{total} trial-epochs, "
               f"{clock(elapsed)} elapsed{left}{best}" + (f"; {note}" if note else ""), file=self.stream or sys.stderr, flush=True)
 
 
@@ -93,6 +101,8 @@ class EpochRecorder(tune.Callback):
         records = self.records.get(trial.trial_id)
         if records is None:  # first result since this driver started: continue what an earlier one wrote
             saved = parse_records(read_text(join(trial.path, RECORD_FILE)) or "[]")
-            records = self.records[trial.trial_id] = {int(r["epoch"]): r for r in saved}
-        records[int(result["epoch"])] = record_of(result)
-        write_atomic(join(trial.path, RECORD_FILE), json.dumps(sorted(records.values(), key=lambda r: r["epoch"])))
+            records = self.records[trial.trial_id] = {(r.get("member"), int(r["epoch"])): r for r in saved}
+        for record in records_of(result):
+            records[(record.get("member"), int(record["epoch"]))] = record
+        ordered = [records[key] for key in sorted(records, key=lambda k: (k[0] is not None, k[0] or 0, k[1]))]
+        write_atomic(join(trial.path, RECORD_FILE), json.dumps(ordered))

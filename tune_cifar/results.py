@@ -30,6 +30,24 @@ def record_of(result: dict[str, Any]) -> dict[str, Any]:
     return {k: result[k] for k in keys if k in result}
 
 
+def records_of(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """One record per trained configuration: a fused group's result (`members`: index -> metrics) gives
+    one per member reporting, tagged with its `member` index; a plain trial's gives one."""
+    if not isinstance(result.get("members"), dict):
+        return [record_of(result)]
+    return [{**record_of(metrics), "member": int(k), "training_iteration": result.get("training_iteration")}
+            for k, metrics in result["members"].items()]
+
+
+def member_trials(trial_id: str, config: dict[str, Any]) -> list[tuple[str, int | None, dict[str, Any]]]:
+    """(trial id, member index, config) of every configuration a Tune trial trained: itself, or each
+    member of a fused group (`config["members"]`), as `<group trial id>-<index>`."""
+    members = config.get("members")
+    if not isinstance(members, list):
+        return [(trial_id, None, config)]
+    return [(f"{trial_id}-{k}", k, member) for k, member in enumerate(members)]
+
+
 def parse_records(text: str) -> list[dict[str, Any]]:
     try:
         records = json.loads(text)
@@ -38,12 +56,15 @@ def parse_records(text: str) -> list[dict[str, Any]]:
     return [r for r in records if isinstance(r, dict)] if isinstance(records, list) else []
 
 
-def read_trial_records(trial_path: str, read: Any) -> list[dict[str, Any]]:
-    """A trial's epochs: our epochs.json, completed by whatever Tune's result.json has that it lacks."""
+def read_trial_records(trial_path: str, read: Any, member: int | None = None) -> list[dict[str, Any]]:
+    """A trial's epochs (of one fused member, if given): our epochs.json, completed by whatever Tune's
+    result.json has that it lacks."""
     ours = parse_records(read(join(trial_path, RECORD_FILE)) or "[]")
-    tunes = parse_result_lines(read(join(trial_path, "result.json")) or "")
-    by_epoch = {r.get("epoch"): r for r in tunes if r.get("epoch") is not None}
-    by_epoch.update({r.get("epoch"): r for r in ours if r.get("epoch") is not None})
+    tunes = [r for line in parse_result_lines(read(join(trial_path, "result.json")) or "") for r in records_of(line)]
+    by_epoch: dict[Any, dict[str, Any]] = {}
+    for r in (*tunes, *ours):  # ours last: the later report of an epoch stands
+        if r.get("epoch") is not None and r.get("member") == member:
+            by_epoch[r["epoch"]] = r
     return [by_epoch[e] for e in sorted(by_epoch)]
 
 

@@ -62,6 +62,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     s.add_argument("--reduction-factor", type=int, help="ASHA: 1 in this many trials goes on at each rung (default 4)")
     s.add_argument("--perturbation-interval", type=int, help="PBT: epochs between exploits (default epochs // 10)")
     s.add_argument("--search-seed", type=int, help="seed of the sampler and the scheduler (default 0)")
+    s.add_argument("--fuse", type=int, metavar="K", help="train up to K compatible configurations (seeds included) "
+                   "as one fused model per trial, with one trial's resources (grid search, FIFO)")
     r = p.add_argument_group("resources and storage")
     r.add_argument("--gpus-per-trial", type=float,
                    help="GPU share per trial (default 0.25 when the cluster has GPUs and --device is not cpu, else 0)")
@@ -129,7 +131,7 @@ def _check_writable(path: Path) -> None:
 # Run options a command line may leave out; left out, they take RunOptions' defaults, or on --resume
 # the values the experiment was started with.
 OPTIONAL = ("epochs", "seeds", "gpus_per_trial", "cpus_per_trial", "max_concurrent", "max_failures",
-            "checkpoint_every", "device")
+            "checkpoint_every", "device", "fuse")
 PLAN_OPTIONS = ("search", "num_samples", "scheduler", "grace_period", "reduction_factor", "perturbation_interval",
                 "search_seed")
 

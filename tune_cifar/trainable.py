@@ -88,6 +88,54 @@ def train_trial(config: dict[str, Any], data: CifarData, options: TrialOptions =
         train(cfg, data, report, None)
 
 
+def train_group(config: dict[str, Any], data: CifarData, options: TrialOptions = TrialOptions()) -> None:
+    """A fused group (`config["members"]`: K configurations, see tune_cifar.fused) as one Tune trial.
+
+    Each epoch is one Tune result: `members` maps each member still training to its metrics (results.py
+    turns them into one trial per member), and the study's metric is the best member's, for Tune's own
+    bookkeeping. One checkpoint holds the whole group, so resume and retries work per group.
+    """
+    from tune_cifar.fused import train_fused
+
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
+    ctx = tune.get_context()
+    gpu_ids = [str(g) for g in ray.get_gpu_ids()]
+    trial_dir = Path(ctx.get_trial_dir())
+    resume_from = _load_checkpoint(tune.get_checkpoint())
+    earlier = [((resume_from or {}).get("configs") or [{}])[0].get("precision"),
+               (_read_run_info(trial_dir).get("members") or [{}])[0].get("config", {}).get("precision")]
+    precision = next((p for p in earlier if p in ("fp32", "bf16")), None)
+    cfgs = [resolve_once(TrainConfig.from_dict(member), precision, bool(gpu_ids)) for member in config["members"]]
+    torch.set_num_threads(max(1, int(ctx.get_trial_resources().required_resources.get("CPU", 1))))
+    _write_run_info(trial_dir, cfgs[0], options, gpu_ids, members=cfgs)
+    pending: dict[str, dict[str, Any]] = {}
+
+    def report(k: int, metrics: dict[str, Any], state: Any) -> None:
+        pending[str(k)] = {**metrics, "device": cfgs[k].device, "precision": cfgs[k].precision}
+        if k != state.reporting[-1]:
+            return  # the group reports once per epoch, after its last member
+        members = dict(pending)
+        pending.clear()
+        epoch = metrics["epoch"]
+        sane = [m for m in members.values() if not m["diverged"]]
+        best = max(sane or members.values(), key=lambda m: m.get("val_acc", float("-inf")))
+        result = {"epoch": epoch, "val_acc": best["val_acc"], "val_loss": best["val_loss"], "members": members}
+        if checkpoint_due(epoch, cfgs[0].epochs, any(m["diverged"] for m in members.values()), options):
+            with tempfile.TemporaryDirectory() as tmp:
+                torch.save(state.state_dict(), os.path.join(tmp, CHECKPOINT_FILE))
+                tune.report(result, checkpoint=tune.Checkpoint.from_directory(tmp))
+        else:
+            tune.report(result)
+
+    try:
+        train_fused(cfgs, data, report, resume_from)
+    except CheckpointMismatch as e:
+        if resume_from is None:
+            raise
+        print(f"[{options.study}] checkpoint ignored, starting the group over: {e}", file=sys.stderr)
+        train_fused(cfgs, data, report, None)
+
+
 def resolve_once(cfg: TrainConfig, earlier_precision: str | None, has_gpu: bool) -> TrainConfig:
     """Device for this start (a restart may land on another node), precision once per trial.
 
@@ -125,7 +173,8 @@ def _load_checkpoint(checkpoint: tune.Checkpoint | None) -> dict[str, Any] | Non
         return None
 
 
-def _write_run_info(trial_dir: Path, cfg: TrainConfig, options: TrialOptions, gpu_ids: list[str]) -> None:
+def _write_run_info(trial_dir: Path, cfg: TrainConfig, options: TrialOptions, gpu_ids: list[str],
+                    members: list[TrainConfig] | None = None) -> None:
     """What produced this trial, beside its results; restarts are appended, not overwritten. (PBT's exploits
     are in the results: the `donor` of the first epoch after each.)"""
     ctx = tune.get_context()
@@ -147,4 +196,7 @@ def _write_run_info(trial_dir: Path, cfg: TrainConfig, options: TrialOptions, gp
         "starts": starts + [time.time()],
         **provenance(),
     }
+    if members is not None:  # a fused group: every member's id and resolved config
+        info["members"] = [{"trial_id": f"{info['trial_id']}-{k}", "config": m.to_dict()} for k, m in enumerate(members)]
+        del info["config"], info["seed"]
     write_atomic(trial_dir / "run_info.json", json.dumps(info, indent=2, default=str))
