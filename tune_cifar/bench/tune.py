@@ -14,6 +14,7 @@ import torch
 
 from tune_cifar.bench.common import bench_images, log
 from tune_cifar.data import NUM_CLASSES, CifarData
+from tune_cifar.schema import FINISHED
 from tune_cifar.train import train
 
 
@@ -56,7 +57,7 @@ def bench_tune(args: argparse.Namespace, device: torch.device) -> dict[str, Any]
     finally:
         ray.shutdown()
     results = len(df)
-    if results != args.tune_trials * args.tune_epochs or (df["status"] != "TERMINATED").any():
+    if results != args.tune_trials * args.tune_epochs or (df["status"] != FINISHED).any():
         raise RuntimeError(f"the benchmark's Tune study ended with {results} results of "
                            f"{args.tune_trials * args.tune_epochs} expected, or with failed trials")
     return {"trials": args.tune_trials, "epochs": args.tune_epochs, "train_images": args.tune_images,
