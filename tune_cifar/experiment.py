@@ -49,7 +49,7 @@ class RunOptions:
     cpus_per_trial: float = 1.0
     max_concurrent: int | None = None
     max_failures: int = 2  # retries of a crashed trial, from its last checkpoint
-    checkpoint_every: int | None = None  # epochs; None: about 30 checkpoints per trial (trainable.checkpoint_interval)
+    checkpoint_every: int | None = None  # epochs, exactly; None: trainable.checkpoint_due's default (<= 30 per trial, >= 5 min apart)
     resume: bool = False
     device: str = "auto"
     extra: tuple[tuple[str, Any], ...] = ()  # further TrainConfig overrides (--set, smoke's sizes)

@@ -19,31 +19,52 @@ import torch
 from ray import tune
 
 from tune_cifar.config import TrainConfig
-from tune_cifar.data import CifarData
+from tune_cifar.data import CifarData, device_data
 from tune_cifar.provenance import provenance
 from tune_cifar.storage import write_atomic
-from tune_cifar.train import CheckpointMismatch, TrainState, train
+from tune_cifar.train import CheckpointMismatch, TrainState, pick_device, train
 
 CHECKPOINT_FILE = "state.pt"
+
+
+# The default cadence's floor: a checkpoint costs the same (26 MB for MobileNet, model + momentum buffers)
+# whether an epoch takes 1 s or 10 min, and what it buys is the work a killed trial would repeat. So a
+# run saves at most every 5 minutes of its own time; storage traffic per trial-hour stays bounded on fast
+# devices, and a short trial writes none.
+MIN_CHECKPOINT_GAP_S = 300.0
 
 
 @dataclass(frozen=True)
 class TrialOptions:
     study: str = ""
-    checkpoint_every: int | None = None  # epochs between checkpoints; None: checkpoint_interval(epochs)
+    checkpoint_every: int | None = None  # epochs between checkpoints, exactly; None: the default cadence
     also_every: int | None = None  # a scheduler's own cadence (PBT's perturbation interval), saved as well
+    min_checkpoint_gap_s: float = MIN_CHECKPOINT_GAP_S  # default cadence: seconds of this run between checkpoints
 
 
 def checkpoint_interval(epochs: int) -> int:
-    """The default: about 30 checkpoints per trial whatever its length (every epoch up to 30 epochs, every
-    10th of 300), so storage traffic stays bounded and a killed trial repeats at most that many epochs."""
+    """The default's epoch cadence: about 30 checkpoints per trial at most, whatever its length (every epoch
+    up to 30 epochs, every 10th of 300)."""
     return max(1, math.ceil(epochs / 30))
 
 
-def checkpoint_due(epoch: int, epochs: int, diverged: bool, options: TrialOptions) -> bool:
+def checkpoint_due(epoch: int, epochs: int, diverged: bool, options: TrialOptions, since_saved_s: float) -> bool:
+    """Whether the state after `epoch` (1-based) is saved; `since_saved_s`: seconds since this run's last
+    checkpoint, or since it started.
+
+    The scheduler's epochs always are (PBT clones them). `--checkpoint-every N` saves every Nth epoch and
+    the last, exactly. The default saves on checkpoint_interval's cadence and the last epoch, once at least
+    `min_checkpoint_gap_s` have passed since the last save: a kill then repeats at most that long plus one
+    cadence step, and a resumed trial's metrics are identical whichever checkpoint it resumes from (all
+    randomness is drawn from (seed, epoch), train.py), so fewer checkpoints cost nothing in what resume gives.
+    """
+    if options.also_every is not None and epoch % options.also_every == 0:
+        return True
     every = options.checkpoint_every or checkpoint_interval(epochs)
-    return (epoch == epochs or diverged or epoch % every == 0
-            or (options.also_every is not None and epoch % options.also_every == 0))
+    on_cadence = epoch == epochs or diverged or epoch % every == 0
+    if options.checkpoint_every is not None:
+        return on_cadence
+    return on_cadence and since_saved_s >= options.min_checkpoint_gap_s
 
 
 def train_trial(config: dict[str, Any], data: CifarData, options: TrialOptions = TrialOptions()) -> None:
@@ -66,26 +87,29 @@ def train_trial(config: dict[str, Any], data: CifarData, options: TrialOptions =
     donor = (resume_from or {}).get("trial_id")
     exploit = {"epoch": int(resume_from["epoch"]), "donor": donor} if donor not in (None, trial_id) else None
     _write_run_info(trial_dir, cfg, options, gpu_ids)
+    splits = device_data(data, cfg.val_fraction, cfg.split_seed, pick_device(cfg.device))
+    saved_at = time.monotonic()  # this run's start: a kill before its first checkpoint repeats what ran since
 
     def report(metrics: dict[str, Any], state: TrainState) -> None:
-        nonlocal exploit
+        nonlocal exploit, saved_at
         metrics = {**metrics, "device": cfg.device, "precision": cfg.precision,
                    "donor": exploit["donor"] if exploit else None}
         exploit = None  # only the first epoch after an exploit names its donor
-        if checkpoint_due(state.epoch, cfg.epochs, metrics["diverged"], options):
+        if checkpoint_due(state.epoch, cfg.epochs, metrics["diverged"], options, time.monotonic() - saved_at):
             with tempfile.TemporaryDirectory() as tmp:
                 torch.save({**state.state_dict(), "trial_id": trial_id}, os.path.join(tmp, CHECKPOINT_FILE))
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+            saved_at = time.monotonic()
         else:
             tune.report(metrics)
 
     try:
-        train(cfg, data, report, resume_from)
+        train(cfg, splits, report, resume_from)
     except CheckpointMismatch as e:
         if resume_from is None:
             raise
         print(f"[{options.study}] checkpoint ignored, starting over: {e}", file=sys.stderr)
-        train(cfg, data, report, None)
+        train(cfg, splits, report, None)
 
 
 def resolve_once(cfg: TrainConfig, earlier_precision: str | None, has_gpu: bool) -> TrainConfig:
