@@ -2,7 +2,12 @@
 
 import pytest
 
-from tune_cifar.trainable import MIN_CHECKPOINT_GAP_S, TrialOptions, checkpoint_due, checkpoint_interval
+from tune_cifar.trainable import (
+    MIN_CHECKPOINT_GAP_S,
+    TrialOptions,
+    checkpoint_due,
+    checkpoint_interval,
+)
 
 
 def saved_epochs(epochs: int, options: TrialOptions, epoch_s: float, diverge_at: int | None = None) -> list[int]:

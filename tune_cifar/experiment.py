@@ -224,7 +224,8 @@ def run_study(study: Study, data: CifarData, opts: RunOptions, storage: str, car
         record = {**saved, "options": {k: getattr(opts, k) for k in RECORDED_OPTIONS}}
 
     options = TrialOptions(study=study.name, checkpoint_every=opts.checkpoint_every,
-                           also_every=plan.perturbation_interval if plan.scheduler == "pbt" else None)
+                           also_every=plan.perturbation_interval if plan.scheduler == "pbt" else None,
+                           experiment_path=path)
     trainable = tune.with_resources(tune.with_parameters(train_trial, data=data, options=options), res)
     n_trials = search.num_trials(study.space, plan, opts.seeds)
     progress = StudyProgress(study.name, study.metric, study.mode, list(study.space), n_trials, n_trials * epochs)
@@ -262,9 +263,9 @@ def run_study(study: Study, data: CifarData, opts: RunOptions, storage: str, car
                 name=study.name, storage_path=storage if is_uri(storage) else str(Path(storage).absolute()),
                 # PBT clones a donor's latest checkpoint while the donor goes on saving: keep a few
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=4 if plan.scheduler == "pbt" else 2),
-                # run_info.json is written in the trial's working folder; this copies it to storage
-                # (a reused actor's working folder is not the trial folder).
-                sync_config=tune.SyncConfig(sync_artifacts=True),
+                # The trials write run_info.json straight to storage (TrialOptions.experiment_path), so Tune
+                # need not upload their working folders (a forced upload at every checkpoint and trial end).
+                sync_config=tune.SyncConfig(sync_artifacts=False),
                 failure_config=tune.FailureConfig(max_failures=opts.max_failures),
                 callbacks=[EpochRecorder()] + ([] if opts.verbose else [progress]),
                 verbose=None if opts.verbose else 0,

@@ -21,7 +21,7 @@ from ray import tune
 from tune_cifar.config import TrainConfig
 from tune_cifar.data import CifarData, device_data
 from tune_cifar.provenance import provenance
-from tune_cifar.storage import write_atomic
+from tune_cifar.storage import join, read_text, write_atomic
 from tune_cifar.train import CheckpointMismatch, TrainState, pick_device, train
 
 CHECKPOINT_FILE = "state.pt"
@@ -40,6 +40,7 @@ class TrialOptions:
     checkpoint_every: int | None = None  # epochs between checkpoints, exactly; None: the default cadence
     also_every: int | None = None  # a scheduler's own cadence (PBT's perturbation interval), saved as well
     min_checkpoint_gap_s: float = MIN_CHECKPOINT_GAP_S  # default cadence: seconds of this run between checkpoints
+    experiment_path: str = ""  # the study's folder on storage (path or URI), where Tune puts the trial folders
 
 
 def checkpoint_interval(epochs: int) -> int:
@@ -74,11 +75,11 @@ def train_trial(config: dict[str, Any], data: CifarData, options: TrialOptions =
         config["seed"] = int(config.pop("__trial_index__"))
     ctx = tune.get_context()
     gpu_ids = [str(g) for g in ray.get_gpu_ids()]
-    trial_dir = Path(ctx.get_trial_dir())
+    trial_dir = trial_folder(options)
     trial_id = ctx.get_trial_id()
     resume_from = _load_checkpoint(tune.get_checkpoint())
-    earlier = [(resume_from or {}).get("config", {}).get("precision"),
-               _read_run_info(trial_dir).get("config", {}).get("precision")]
+    run_info = _read_run_info(trial_dir)  # an earlier start's, if any
+    earlier = [(resume_from or {}).get("config", {}).get("precision"), run_info.get("config", {}).get("precision")]
     cfg = resolve_once(TrainConfig.from_dict(config), next((p for p in earlier if p in ("fp32", "bf16")), None),
                        bool(gpu_ids))
     cpus = ctx.get_trial_resources().required_resources.get("CPU", 1)
@@ -86,7 +87,7 @@ def train_trial(config: dict[str, Any], data: CifarData, options: TrialOptions =
     # A checkpoint saved by another trial is PBT's exploit: this trial goes on from the donor's state.
     donor = (resume_from or {}).get("trial_id")
     exploit = {"epoch": int(resume_from["epoch"]), "donor": donor} if donor not in (None, trial_id) else None
-    _write_run_info(trial_dir, cfg, options, gpu_ids)
+    _write_run_info(trial_dir, run_info.get("starts", []), cfg, options, gpu_ids)
     splits = device_data(data, cfg.val_fraction, cfg.split_seed, pick_device(cfg.device))
     saved_at = time.monotonic()  # this run's start: a kill before its first checkpoint repeats what ran since
 
@@ -130,9 +131,16 @@ def resolve_once(cfg: TrainConfig, earlier_precision: str | None, has_gpu: bool)
     return cfg.replace(device=device, precision=precision)
 
 
-def _read_run_info(trial_dir: Path) -> dict[str, Any]:
+def trial_folder(options: TrialOptions) -> str:
+    """The trial's folder on storage. run_info.json is written straight there, so Tune need not sync the
+    trial's working folder (experiment.py), and a restart on another node still reads the earlier starts."""
+    working = Path(tune.get_context().get_trial_dir())  # a local folder named as the one on storage
+    return join(options.experiment_path, working.name) if options.experiment_path else str(working)
+
+
+def _read_run_info(trial_dir: str) -> dict[str, Any]:
     try:
-        return json.loads((trial_dir / "run_info.json").read_text())
+        return json.loads(read_text(join(trial_dir, "run_info.json")) or "{}")
     except (OSError, ValueError):
         return {}
 
@@ -149,13 +157,12 @@ def _load_checkpoint(checkpoint: tune.Checkpoint | None) -> dict[str, Any] | Non
         return None
 
 
-def _write_run_info(trial_dir: Path, cfg: TrainConfig, options: TrialOptions, gpu_ids: list[str]) -> None:
-    """What produced this trial, beside its results; restarts are appended, not overwritten. (PBT's exploits
-    are in the results: the `donor` of the first epoch after each.)"""
+def _write_run_info(trial_dir: str, starts: list[float], cfg: TrainConfig, options: TrialOptions,
+                    gpu_ids: list[str]) -> None:
+    """What produced this trial, beside its results; restarts are appended to the earlier `starts` (PBT's
+    exploits are in the results: the `donor` of the first epoch after each)."""
     ctx = tune.get_context()
     resources = ctx.get_trial_resources().required_resources
-    earlier = _read_run_info(trial_dir)
-    starts = earlier.get("starts", [])
     info = {
         "study": options.study,
         "trial_id": ctx.get_trial_id(),
@@ -171,4 +178,4 @@ def _write_run_info(trial_dir: Path, cfg: TrainConfig, options: TrialOptions, gp
         "starts": starts + [time.time()],
         **provenance(),
     }
-    write_atomic(trial_dir / "run_info.json", json.dumps(info, indent=2, default=str))
+    write_atomic(join(trial_dir, "run_info.json"), json.dumps(info, indent=2, default=str))
