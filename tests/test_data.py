@@ -26,6 +26,9 @@ def test_channel_stats_match_direct_computation():
     direct = x.astype(np.float64).transpose(1, 0, 2, 3).reshape(3, -1) / 255
     np.testing.assert_allclose(mean.numpy(), direct.mean(1), rtol=1e-6)
     np.testing.assert_allclose(std.numpy(), direct.std(1), rtol=1e-5)
+    assert mean.dtype == std.dtype == torch.float32 and mean.shape == std.shape == (3,)
+    one, _ = D.channel_stats(np.full((2, 3, 4, 4), 255, np.uint8))
+    assert one.tolist() == [1.0, 1.0, 1.0]
 
 
 def test_crop_flip_matches_torchvision_per_image():
