@@ -130,21 +130,21 @@ def tune_lines(t: dict[str, Any]) -> list[str]:
     labels = {"default": "default", "every_epoch": "every epoch"}
     lines = [f"\n4. Tune overhead ({t['trials']} trials x {t['epochs']} epochs on {t['train_images']} images, one at a "
              f"time on {t['threads']} thread(s), in both; fastest of {t['rounds']} rounds)",
-             f"   one after another in one process           {t['sequential_s']:8.1f} s",
-             *(f"   through Tune (run_study), {labels.get(n, n) + ' checkpoints':<18}{v[n]['tune_fit_s']:8.1f} s"
+             f"   {'one after another in one process':<52}{t['sequential_s']:8.1f} s",
+             *(f"   {'through Tune (run_study), ' + labels.get(n, n) + ' checkpoints':<52}{v[n]['tune_fit_s']:8.1f} s"
                for n in names),
              f"   (ray.init {t['ray_init_s']:.1f} s more, once)",
-             f"   {'overhead per trial, s':<62}" + "".join(f"{labels.get(n, n):>13}" for n in names)]
+             f"   {'overhead per trial, s':<64}" + "".join(f"{labels.get(n, n):>13}" for n in names)]
     for key, label in ITEMS.items():
-        lines.append(f"     {label:<60}" + "".join(f"{v[n]['breakdown_s_per_trial'][key]:13.3f}" for n in names))
-    lines += [f"   {'total':<62}" + "".join(f"{v[n]['overhead_s_per_trial']:13.3f}" for n in names),
-              f"   {'  each further trial (median of trials 2..n)':<62}"
+        lines.append(f"     {label:<62}" + "".join(f"{v[n]['breakdown_s_per_trial'][key]:13.3f}" for n in names))
+    lines += [f"   {'total':<64}" + "".join(f"{v[n]['overhead_s_per_trial']:13.3f}" for n in names),
+              f"   {'  each further trial (median of trials 2..n)':<64}"
               + "".join(f"{fmt(v[n]['marginal_overhead_s_per_trial'], '13.3f')}" for n in names),
-              f"   {'  once per study, s (actor start, a fresh process first step)':<62}"
+              f"   {'  once per study, s (actor start, a fresh process first step)':<64}"
               + "".join(f"{fmt(v[n]['one_off_s'], '13.2f')}" for n in names),
-              f"   {'written to storage per trial-epoch, bytes':<62}"
+              f"   {'written to storage per trial-epoch, bytes':<64}"
               + "".join(f"{v[n]['storage_bytes_per_trial_epoch']:13,.0f}" for n in names),
-              f"   {'  of which checkpoints':<62}"
+              f"   {'  of which checkpoints':<64}"
               + "".join(f"{v[n]['checkpoint_file_bytes_per_trial_epoch']:13,.0f}" for n in names),
               f"   storage written per trial-epoch: {t['storage_cut']:,.1f}x less than with a checkpoint every epoch"]
     return lines
