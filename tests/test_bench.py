@@ -189,5 +189,6 @@ def test_part_4_measures_overhead_and_storage_beside_checkpoints_every_epoch(tmp
     assert result["checkpoint_bytes_per_trial_epoch"] == default["storage_bytes_per_trial_epoch"] > 0
     assert tune["storage_cut"] > 5
     assert result["tune_overhead_s_per_trial"] == default["overhead_s_per_trial"]
-    for line in ("4. Tune overhead", "actor start", "written to storage per trial-epoch", "checkpoint_bytes_per_trial_epoch"):
+    for line in ("4. Tune overhead", "actor start", "written to storage per trial-epoch",
+                 "checkpoint_bytes_per_trial_epoch"):
         assert line in proc.stdout

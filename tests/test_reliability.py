@@ -97,7 +97,8 @@ def test_a_trial_killed_epochs_after_its_checkpoint_resumes_there_with_identical
     recorded: Tune restarts the trial from epoch 3's checkpoint, the epochs after it run again, and every
     epoch's metrics equal an uninterrupted run's."""
     (tmp_path / "spaces").mkdir()
-    (tmp_path / "spaces" / "onelr.py").write_text('DESCRIPTION = "one trial"\nBASE = dict(epochs=6)\nSPACE = {"lr": [0.05]}\n')
+    (tmp_path / "spaces" / "onelr.py").write_text(
+        'DESCRIPTION = "one trial"\nBASE = dict(epochs=6)\nSPACE = {"lr": [0.05]}\n')
     monkeypatch.setattr(search_spaces, "__path__", [*search_spaces.__path__, str(tmp_path / "spaces")])
     experiment = tmp_path / "r" / "onelr"
     killed = {}
@@ -113,7 +114,8 @@ def test_a_trial_killed_epochs_after_its_checkpoint_resumes_there_with_identical
                     continue
                 os.kill(info["pid"], signal.SIGSTOP)
                 records = {r["epoch"]: r for r in _json(record)}
-                if max(records) in (4, 5) and [c.name for c in record.parent.glob("checkpoint_*")] == ["checkpoint_000000"]:
+                saved = [c.name for c in record.parent.glob("checkpoint_*")]
+                if max(records) in (4, 5) and saved == ["checkpoint_000000"]:
                     killed.update(trial=record.parent, at=time.time(), records=records)
                     os.kill(info["pid"], signal.SIGKILL)
                 else:
@@ -143,8 +145,8 @@ def test_a_trial_killed_epochs_after_its_checkpoint_resumes_there_with_identical
     torch.set_num_threads(1)  # a trial with 1 CPU trains on 1 thread
     reference = []
     try:
-        train(TrainConfig.from_dict({**_json(trial / "params.json"), "device": "cpu"}), read_cifar100(tmp_path / "data"),
-              lambda metrics, state: reference.append(metrics))
+        cfg = TrainConfig.from_dict({**_json(trial / "params.json"), "device": "cpu"})
+        train(cfg, read_cifar100(tmp_path / "data"), lambda metrics, state: reference.append(metrics))
     finally:
         torch.set_num_threads(threads)
     keys = ("train_loss", "train_acc", "val_loss", "val_acc")

@@ -49,7 +49,8 @@ class RunOptions:
     cpus_per_trial: float = 1.0
     max_concurrent: int | None = None
     max_failures: int = 2  # retries of a crashed trial, from its last checkpoint
-    checkpoint_every: int | None = None  # epochs, exactly; None: trainable.checkpoint_due's default (<= 30 per trial, >= 5 min apart)
+    # epochs between checkpoints, exactly; None: trainable.checkpoint_due's default (<= 30 per trial, >= 5 min apart)
+    checkpoint_every: int | None = None
     resume: bool = False
     device: str = "auto"
     extra: tuple[tuple[str, Any], ...] = ()  # further TrainConfig overrides (--set, smoke's sizes)

@@ -88,7 +88,8 @@ def _total(events: Iterable[dict[str, Any]]) -> float:
     return sum(e["end"] - e["start"] for e in events)
 
 
-def breakdown(events: list[dict[str, Any]], run_start: float, run_end: float, baseline: dict[str, float]) -> dict[str, float]:
+def breakdown(events: list[dict[str, Any]], run_start: float, run_end: float,
+              baseline: dict[str, float]) -> dict[str, float]:
     """Seconds per item (ITEMS) of one Tune run over the in-process baseline; they sum to
     (run_end - run_start) - baseline["total_s"].
 

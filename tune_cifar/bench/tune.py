@@ -48,8 +48,8 @@ def bench_tune(args: argparse.Namespace, device: torch.device) -> dict[str, Any]
         events = os.path.join(scratch, "events.jsonl")
         os.environ[timing.EVENTS_ENV] = events  # Ray's workers inherit the driver's environment
         t0 = time.perf_counter()
-        ray.init(num_cpus=len(os.sched_getaffinity(0)), include_dashboard=False, log_to_driver=False, configure_logging=False,
-                 runtime_env={"worker_process_setup_hook": timing.HOOK})
+        ray.init(num_cpus=len(os.sched_getaffinity(0)), include_dashboard=False, log_to_driver=False,
+                 configure_logging=False, runtime_env={"worker_process_setup_hook": timing.HOOK})
         init_s = time.perf_counter() - t0
         try:
             rounds = [_round(study, data, device, threads, events, scratch, r, args.tune_rounds)
@@ -96,8 +96,8 @@ def through_tune(study, data: CifarData, device: torch.device, threads: int, che
     from tune_cifar.experiment import RunOptions, run_study
 
     # A trial trains on as many threads as it has CPUs (trainable.py); one trial at a time.
-    opts = RunOptions(storage_path=storage, download=False, cpus_per_trial=threads, max_concurrent=1, device=device.type,
-                      gpus_per_trial=1.0 if device.type == "cuda" else 0.0, max_failures=0,
+    opts = RunOptions(storage_path=storage, download=False, cpus_per_trial=threads, max_concurrent=1,
+                      device=device.type, gpus_per_trial=1.0 if device.type == "cuda" else 0.0, max_failures=0,
                       checkpoint_every=checkpoint_every)
     with contextlib.redirect_stdout(sys.stderr):  # stdout: the table
         start = time.time()
@@ -129,7 +129,8 @@ def storage_bytes(root: Path) -> dict[str, int]:
 def summary(rounds: list[dict[str, Any]], args: argparse.Namespace, init_s: float) -> dict[str, Any]:
     trials, epochs = args.tune_trials, args.tune_epochs
     baseline = min((r["baseline"] for r in rounds), key=lambda b: b["total_s"])
-    out: dict[str, Any] = {"trials": trials, "epochs": epochs, "train_images": args.tune_images, "threads": args.tune_threads,
+    out: dict[str, Any] = {"trials": trials, "epochs": epochs, "train_images": args.tune_images,
+                           "threads": args.tune_threads,
                            "rounds": len(rounds), "sequential_s": baseline["total_s"], "ray_init_s": init_s,
                            "variants": {}}
     for name, every in VARIANTS.items():
