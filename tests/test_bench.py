@@ -6,7 +6,7 @@ import pytest
 import torch
 import torchvision.transforms.functional as TF
 
-from tune_cifar.bench import baseline, cli, common, report
+from tune_cifar.bench import baseline, cli, common, report, timing
 from tune_cifar.bench import tune as bench_tune
 from tune_cifar.studies import load_study
 from tune_cifar.config import TrainConfig
@@ -69,9 +69,10 @@ def tiny_run(tmp_path_factory):
 def test_json_holds_every_part_and_the_headline_figures(tiny_run):
     result, table = tiny_run
     assert {"machine", "augment", "train", "pack", "tune", "projection", "augment_speedup", "train_speedup",
-            "tune_overhead_s_per_trial", "trial_memory_mib"} <= set(result)
+            "tune_overhead_s_per_trial", "checkpoint_bytes_per_trial_epoch", "trial_memory_mib"} <= set(result)
     assert result["machine"]["device"] == "cpu"
     assert result["tune"] is None and result["tune_overhead_s_per_trial"] is None  # --skip-tune
+    assert result["checkpoint_bytes_per_trial_epoch"] is None
     for heading in ("1. augmentation", "2. training", "3. packing", "4. Tune overhead: skipped", "augment_speedup"):
         assert heading in table
 
@@ -129,3 +130,68 @@ def test_runs_without_ray(monkeypatch):
     assert proc.stdout.strip() == "[]"
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
     assert bench_tune.bench_tune(cli.parse_args(TINY), torch.device("cpu")) is None
+
+
+def _event(step, start, end, **details):
+    return {"step": step, "start": start, "end": end, **details}
+
+
+def test_breakdown_items_sum_to_the_overhead_and_land_where_they_were_spent():
+    # Two trials through Tune from t=0 to t=20, against an in-process run of 5 s.
+    events = [
+        _event("trial", 3.0, 9.0), _event("data", 3.1, 3.3), _event("train", 3.5, 8.9),
+        _event("save", 5.0, 5.2), _event("report", 5.2, 5.5, checkpoint=True, epoch_s=1.0),
+        _event("report", 8.0, 8.1, checkpoint=False, epoch_s=1.5),
+        _event("trial", 9.5, 19.0), _event("train", 9.6, 18.9), _event("data", 9.7, 9.8),  # inside train()
+        _event("report", 18.0, 18.2, checkpoint=False, epoch_s=2.0),
+    ]
+    baseline = {"total_s": 5.0, "data_s": 0.1, "train_s": 4.8, "epochs_s": 4.0}
+    items = timing.breakdown(events, 0.0, 20.0, baseline)
+    assert set(items) == set(timing.ITEMS)
+    assert sum(items.values()) == pytest.approx(20.0 - 5.0)
+    assert items["actor_start"] == pytest.approx(3.0)
+    assert items["between_trials"] == pytest.approx(0.5) and items["after_last_trial"] == pytest.approx(1.0)
+    assert items["checkpoint_save"] == pytest.approx(0.2)
+    assert items["report_with_checkpoint"] == pytest.approx(0.3) and items["report"] == pytest.approx(0.3)
+    assert items["training"] == pytest.approx(4.5 - 4.0)
+    assert items["data"] == pytest.approx(0.3 - 0.1)
+    # trial spans (6 + 9.5) - train() calls (5.4 + 9.3) - data outside them (0.2) - the baseline's own loop (0.1)
+    assert items["trainable_steps"] == pytest.approx(15.5 - 14.7 - 0.2 - 0.1)
+    # one trial after another: (19 - 9) per further trial, against the median in-process call after the first
+    assert timing.marginal_s(events, [3.0, 1.0, 2.0]) == pytest.approx(10.0 - 1.5)
+
+
+def test_storage_bytes_count_the_checkpoints_tune_deleted(tmp_path):
+    trial = tmp_path / "exp" / "trial_0"
+    for index in (2, 3):  # num_to_keep=2: checkpoint_000000 and _000001 were written, then deleted
+        (trial / f"checkpoint_{index:06d}").mkdir(parents=True)
+        (trial / f"checkpoint_{index:06d}" / "state.pt").write_bytes(b"x" * 1000)
+    (trial / "result.json").write_bytes(b"y" * 50)
+    assert bench_tune.storage_bytes(tmp_path) == {"total": 4 * 1000 + 50, "checkpoints": 4 * 1000}
+
+
+@pytest.mark.slow
+def test_part_4_measures_overhead_and_storage_beside_checkpoints_every_epoch(tmp_path, isolated_ray):
+    path = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, "-m", "tune_cifar.bench", "--skip-augment", "--skip-train", "--skip-pack",
+                           "--tune-trials", "2", "--tune-epochs", "2", "--tune-images", "16", "--tune-rounds", "1",
+                           "--json", str(path)], capture_output=True, text=True, timeout=600, env=isolated_ray.env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(path.read_text())
+    tune = result["tune"]
+    for name, variant in tune["variants"].items():
+        items = variant["breakdown_s_per_trial"]
+        assert set(items) == set(timing.ITEMS), name  # every step was timed inside the actor
+        assert sum(items.values()) == pytest.approx(variant["overhead_s_per_trial"]), name
+        assert items["actor_start"] > 0 and items["report"] + items["report_with_checkpoint"] > 0
+    default, every = tune["variants"]["default"], tune["variants"]["every_epoch"]
+    # MobileNet's weights and momentum buffers, 3.3M parameters each in fp32: one checkpoint per trial-epoch
+    assert every["checkpoint_file_bytes_per_trial_epoch"] == pytest.approx(2 * 3_309_476 * 4, rel=0.01)
+    assert default["checkpoint_file_bytes_per_trial_epoch"] == 0  # seconds-long trials save none by default
+    assert every["breakdown_s_per_trial"]["checkpoint_save"] > 0 == default["breakdown_s_per_trial"]["checkpoint_save"]
+    assert result["checkpoint_bytes_per_trial_epoch"] == default["storage_bytes_per_trial_epoch"] > 0
+    assert tune["storage_cut"] > 5
+    assert result["tune_overhead_s_per_trial"] == default["overhead_s_per_trial"]
+    for line in ("4. Tune overhead", "actor start", "written to storage per trial-epoch",
+                 "checkpoint_bytes_per_trial_epoch"):
+        assert line in proc.stdout

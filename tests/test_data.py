@@ -26,6 +26,9 @@ def test_channel_stats_match_direct_computation():
     direct = x.astype(np.float64).transpose(1, 0, 2, 3).reshape(3, -1) / 255
     np.testing.assert_allclose(mean.numpy(), direct.mean(1), rtol=1e-6)
     np.testing.assert_allclose(std.numpy(), direct.std(1), rtol=1e-5)
+    assert mean.dtype == std.dtype == torch.float32 and mean.shape == std.shape == (3,)
+    one, _ = D.channel_stats(np.full((2, 3, 4, 4), 255, np.uint8))
+    assert one.tolist() == [1.0, 1.0, 1.0]
 
 
 def test_crop_flip_matches_torchvision_per_image():
@@ -126,3 +129,19 @@ def test_synthetic_cli_refuses_to_overwrite(tmp_path, capsys):
     assert D.main(["synthetic", "--out", str(tmp_path), "--train", "30", "--test", "5"]) == 2
     assert "already holds a dataset" in capsys.readouterr().err
     assert (tmp_path / "cifar-100-python" / "train").read_bytes() == before
+
+
+def test_device_data_is_built_once_per_dataset_copy_split_and_device(synthetic):
+    data = D.read_cifar100(synthetic)
+    cpu = torch.device("cpu")
+    first = D.device_data(data, 0.2, 0, cpu)
+    assert D.device_data(data, 0.2, 0, cpu) is first
+    assert D.device_data(pickle.loads(pickle.dumps(data)), 0.2, 0, cpu) is first  # as Ray's object store hands it on
+    direct = D.DeviceData(data, 0.2, 0, cpu)
+    for name in ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y", "mean", "std"):
+        assert torch.equal(getattr(first, name), getattr(direct, name)), name
+    other_split = D.device_data(data, 0.25, 0, cpu)
+    assert other_split is not first and len(other_split.val_x) == 75
+    assert D.device_data(data, 0.25, 1, cpu) is not other_split
+    again = D.read_cifar100(synthetic)  # another load of the same files is another copy: built anew
+    assert D.device_data(again, 0.25, 1, cpu) is not D.device_data(data, 0.25, 1, cpu)

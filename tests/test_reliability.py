@@ -60,7 +60,7 @@ def test_killed_worker_resumes_from_checkpoint_with_the_metrics_of_an_uninterrup
     killer = threading.Thread(target=kill_a_worker_in_the_middle_of_its_trial)
     killer.start()
     code, out = run_cli("lr", "--smoke", "--epochs", "3", "--max-concurrent", "1", "--gpus-per-trial", "0",
-                        "--storage-path", tmp_path)
+                        "--checkpoint-every", "1", "--storage-path", tmp_path)  # (short trials save none by default)
     killer.join()
     assert code == 0, out
     assert killed, "no worker was killed"
@@ -84,9 +84,83 @@ def test_killed_worker_resumes_from_checkpoint_with_the_metrics_of_an_uninterrup
         assert final[key] == pytest.approx(reference[key], rel=1e-6, abs=1e-9), key
 
 
+def _json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def test_a_trial_killed_epochs_after_its_checkpoint_resumes_there_with_identical_metrics(ray_session, tmp_path,
+                                                                                           monkeypatch):
+    """--checkpoint-every 3 on 6 epochs saves epochs 3 and 6. The worker is killed once epoch 4 or 5 is
+    recorded: Tune restarts the trial from epoch 3's checkpoint, the epochs after it run again, and every
+    epoch's metrics equal an uninterrupted run's."""
+    (tmp_path / "spaces").mkdir()
+    (tmp_path / "spaces" / "onelr.py").write_text(
+        'DESCRIPTION = "one trial"\nBASE = dict(epochs=6)\nSPACE = {"lr": [0.05]}\n')
+    monkeypatch.setattr(search_spaces, "__path__", [*search_spaces.__path__, str(tmp_path / "spaces")])
+    experiment = tmp_path / "r" / "onelr"
+    killed = {}
+
+    def kill_after_epoch_4_or_5():
+        """Freeze the worker (SIGSTOP) as soon as our record shows epoch 4, then kill it only if nothing past
+        epoch 5 is recorded and epoch 3's is the only checkpoint; a frozen worker cannot move on meanwhile."""
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            for record in experiment.glob("*/epochs.json"):
+                info = _json(record.parent / "run_info.json")
+                if info is None or max((r["epoch"] for r in _json(record) or []), default=0) < 4:
+                    continue
+                os.kill(info["pid"], signal.SIGSTOP)
+                records = {r["epoch"]: r for r in _json(record)}
+                saved = [c.name for c in record.parent.glob("checkpoint_*")]
+                if max(records) in (4, 5) and saved == ["checkpoint_000000"]:
+                    killed.update(trial=record.parent, at=time.time(), records=records)
+                    os.kill(info["pid"], signal.SIGKILL)
+                else:
+                    os.kill(info["pid"], signal.SIGCONT)
+                return
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_after_epoch_4_or_5)
+    killer.start()
+    code, out = run_cli("onelr", "--smoke", "--epochs", "6", "--checkpoint-every", "3", "--gpus-per-trial", "0",
+                        "--storage-path", tmp_path / "r")
+    killer.join()
+    assert code == 0, out
+    assert killed, "the worker was not stopped between epochs 4 and 5"
+    trial = killed["trial"]
+    assert len(_json(trial / "run_info.json")["starts"]) == 2  # restarted once
+    assert torch.load(trial / "checkpoint_000000" / "state.pt", weights_only=False)["epoch"] == 3
+    df = pd.read_parquet(experiment / "results.parquet")
+    assert df["status"].tolist() == ["finished"] * 6 and df["epoch"].tolist() == [1, 2, 3, 4, 5, 6]
+    after = {r["epoch"]: r for r in _json(trial / "epochs.json")}
+    before = killed["records"]
+    assert all(after[e] == before[e] for e in (1, 2, 3))  # not run again: the restart began after epoch 3
+    assert all(after[e]["timestamp"] > killed["at"] for e in (4, 5, 6))  # run again after the kill
+
+    write_smoke(tmp_path / "data")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a trial with 1 CPU trains on 1 thread
+    reference = []
+    try:
+        cfg = TrainConfig.from_dict({**_json(trial / "params.json"), "device": "cpu"})
+        train(cfg, read_cifar100(tmp_path / "data"), lambda metrics, state: reference.append(metrics))
+    finally:
+        torch.set_num_threads(threads)
+    keys = ("train_loss", "train_acc", "val_loss", "val_acc")
+    for uninterrupted in reference:
+        e = uninterrupted["epoch"]
+        for key in keys + (("test_loss", "test_acc") if e == 6 else ()):
+            assert after[e][key] == pytest.approx(uninterrupted[key], rel=1e-6, abs=1e-9), (e, key)
+            if e in before:  # an epoch that ran twice gave the same figures both times
+                assert before[e][key] == after[e][key], (e, key)
+
+
 def test_ctrl_c_leaves_an_experiment_that_resume_finishes_even_with_a_corrupt_checkpoint(tmp_path, isolated_ray):
     cmd = [sys.executable, "-m", "tune_cifar.run", "lr", "--smoke", "--epochs", "6", "--max-concurrent", "1",
-           "--gpus-per-trial", "0", "--storage-path", str(tmp_path)]
+           "--gpus-per-trial", "0", "--checkpoint-every", "1", "--storage-path", str(tmp_path)]
     experiment = tmp_path / "lr"
     driver = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=isolated_ray.env)
     deadline = time.time() + 300

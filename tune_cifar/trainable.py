@@ -19,31 +19,53 @@ import torch
 from ray import tune
 
 from tune_cifar.config import TrainConfig
-from tune_cifar.data import CifarData
+from tune_cifar.data import CifarData, device_data
 from tune_cifar.provenance import provenance
-from tune_cifar.storage import write_atomic
-from tune_cifar.train import CheckpointMismatch, TrainState, train
+from tune_cifar.storage import join, read_text, write_atomic
+from tune_cifar.train import CheckpointMismatch, TrainState, pick_device, train
 
 CHECKPOINT_FILE = "state.pt"
+
+
+# The default cadence's floor: a checkpoint costs the same (26 MB for MobileNet, model + momentum buffers)
+# whether an epoch takes 1 s or 10 min, and what it buys is the work a killed trial would repeat. So a
+# run saves at most every 5 minutes of its own time; storage traffic per trial-hour stays bounded on fast
+# devices, and a short trial writes none.
+MIN_CHECKPOINT_GAP_S = 300.0
 
 
 @dataclass(frozen=True)
 class TrialOptions:
     study: str = ""
-    checkpoint_every: int | None = None  # epochs between checkpoints; None: checkpoint_interval(epochs)
+    checkpoint_every: int | None = None  # epochs between checkpoints, exactly; None: the default cadence
     also_every: int | None = None  # a scheduler's own cadence (PBT's perturbation interval), saved as well
+    min_checkpoint_gap_s: float = MIN_CHECKPOINT_GAP_S  # default cadence: seconds of this run between checkpoints
+    experiment_path: str = ""  # the study's folder on storage (path or URI), where Tune puts the trial folders
 
 
 def checkpoint_interval(epochs: int) -> int:
-    """The default: about 30 checkpoints per trial whatever its length (every epoch up to 30 epochs, every
-    10th of 300), so storage traffic stays bounded and a killed trial repeats at most that many epochs."""
+    """The default's epoch cadence: about 30 checkpoints per trial at most, whatever its length (every epoch
+    up to 30 epochs, every 10th of 300)."""
     return max(1, math.ceil(epochs / 30))
 
 
-def checkpoint_due(epoch: int, epochs: int, diverged: bool, options: TrialOptions) -> bool:
+def checkpoint_due(epoch: int, epochs: int, diverged: bool, options: TrialOptions, since_saved_s: float) -> bool:
+    """Whether the state after `epoch` (1-based) is saved; `since_saved_s`: seconds since this run's last
+    checkpoint, or since it started.
+
+    The scheduler's epochs always are (PBT clones them). `--checkpoint-every N` saves every Nth epoch and
+    the last, exactly. The default saves on checkpoint_interval's cadence and the last epoch, once at least
+    `min_checkpoint_gap_s` have passed since the last save: a kill then repeats at most that long plus one
+    cadence step, and a resumed trial's metrics are identical whichever checkpoint it resumes from (all
+    randomness is drawn from (seed, epoch), train.py), so fewer checkpoints cost nothing in what resume gives.
+    """
+    if options.also_every is not None and epoch % options.also_every == 0:
+        return True
     every = options.checkpoint_every or checkpoint_interval(epochs)
-    return (epoch == epochs or diverged or epoch % every == 0
-            or (options.also_every is not None and epoch % options.also_every == 0))
+    on_cadence = epoch == epochs or diverged or epoch % every == 0
+    if options.checkpoint_every is not None:
+        return on_cadence
+    return on_cadence and since_saved_s >= options.min_checkpoint_gap_s
 
 
 def train_trial(config: dict[str, Any], data: CifarData, options: TrialOptions = TrialOptions()) -> None:
@@ -53,11 +75,11 @@ def train_trial(config: dict[str, Any], data: CifarData, options: TrialOptions =
         config["seed"] = int(config.pop("__trial_index__"))
     ctx = tune.get_context()
     gpu_ids = [str(g) for g in ray.get_gpu_ids()]
-    trial_dir = Path(ctx.get_trial_dir())
+    trial_dir = trial_folder(options)
     trial_id = ctx.get_trial_id()
     resume_from = _load_checkpoint(tune.get_checkpoint())
-    earlier = [(resume_from or {}).get("config", {}).get("precision"),
-               _read_run_info(trial_dir).get("config", {}).get("precision")]
+    run_info = _read_run_info(trial_dir)  # an earlier start's, if any
+    earlier = [(resume_from or {}).get("config", {}).get("precision"), run_info.get("config", {}).get("precision")]
     cfg = resolve_once(TrainConfig.from_dict(config), next((p for p in earlier if p in ("fp32", "bf16")), None),
                        bool(gpu_ids))
     cpus = ctx.get_trial_resources().required_resources.get("CPU", 1)
@@ -65,27 +87,30 @@ def train_trial(config: dict[str, Any], data: CifarData, options: TrialOptions =
     # A checkpoint saved by another trial is PBT's exploit: this trial goes on from the donor's state.
     donor = (resume_from or {}).get("trial_id")
     exploit = {"epoch": int(resume_from["epoch"]), "donor": donor} if donor not in (None, trial_id) else None
-    _write_run_info(trial_dir, cfg, options, gpu_ids)
+    _write_run_info(trial_dir, run_info.get("starts", []), cfg, options, gpu_ids)
+    splits = device_data(data, cfg.val_fraction, cfg.split_seed, pick_device(cfg.device))
+    saved_at = time.monotonic()  # this run's start: a kill before its first checkpoint repeats what ran since
 
     def report(metrics: dict[str, Any], state: TrainState) -> None:
-        nonlocal exploit
+        nonlocal exploit, saved_at
         metrics = {**metrics, "device": cfg.device, "precision": cfg.precision,
                    "donor": exploit["donor"] if exploit else None}
         exploit = None  # only the first epoch after an exploit names its donor
-        if checkpoint_due(state.epoch, cfg.epochs, metrics["diverged"], options):
+        if checkpoint_due(state.epoch, cfg.epochs, metrics["diverged"], options, time.monotonic() - saved_at):
             with tempfile.TemporaryDirectory() as tmp:
                 torch.save({**state.state_dict(), "trial_id": trial_id}, os.path.join(tmp, CHECKPOINT_FILE))
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+            saved_at = time.monotonic()
         else:
             tune.report(metrics)
 
     try:
-        train(cfg, data, report, resume_from)
+        train(cfg, splits, report, resume_from)
     except CheckpointMismatch as e:
         if resume_from is None:
             raise
         print(f"[{options.study}] checkpoint ignored, starting over: {e}", file=sys.stderr)
-        train(cfg, data, report, None)
+        train(cfg, splits, report, None)
 
 
 def train_group(config: dict[str, Any], data: CifarData, options: TrialOptions = TrialOptions()) -> None:
@@ -100,17 +125,21 @@ def train_group(config: dict[str, Any], data: CifarData, options: TrialOptions =
     logging.getLogger("ray.train").setLevel(logging.WARNING)
     ctx = tune.get_context()
     gpu_ids = [str(g) for g in ray.get_gpu_ids()]
-    trial_dir = Path(ctx.get_trial_dir())
+    trial_dir = trial_folder(options)
     resume_from = _load_checkpoint(tune.get_checkpoint())
+    run_info = _read_run_info(trial_dir)  # an earlier start's, if any
     earlier = [((resume_from or {}).get("configs") or [{}])[0].get("precision"),
-               (_read_run_info(trial_dir).get("members") or [{}])[0].get("config", {}).get("precision")]
+               (run_info.get("members") or [{}])[0].get("config", {}).get("precision")]
     precision = next((p for p in earlier if p in ("fp32", "bf16")), None)
     cfgs = [resolve_once(TrainConfig.from_dict(member), precision, bool(gpu_ids)) for member in config["members"]]
     torch.set_num_threads(max(1, int(ctx.get_trial_resources().required_resources.get("CPU", 1))))
-    _write_run_info(trial_dir, cfgs[0], options, gpu_ids, members=cfgs)
+    _write_run_info(trial_dir, run_info.get("starts", []), cfgs[0], options, gpu_ids, members=cfgs)
+    splits = device_data(data, cfgs[0].val_fraction, cfgs[0].split_seed, pick_device(cfgs[0].device))
     pending: dict[str, dict[str, Any]] = {}
+    saved_at = time.monotonic()
 
     def report(k: int, metrics: dict[str, Any], state: Any) -> None:
+        nonlocal saved_at
         pending[str(k)] = {**metrics, "device": cfgs[k].device, "precision": cfgs[k].precision}
         if k != state.reporting[-1]:
             return  # the group reports once per epoch, after its last member
@@ -120,20 +149,22 @@ def train_group(config: dict[str, Any], data: CifarData, options: TrialOptions =
         sane = [m for m in members.values() if not m["diverged"]]
         best = max(sane or members.values(), key=lambda m: m.get("val_acc", float("-inf")))
         result = {"epoch": epoch, "val_acc": best["val_acc"], "val_loss": best["val_loss"], "members": members}
-        if checkpoint_due(epoch, cfgs[0].epochs, any(m["diverged"] for m in members.values()), options):
+        if checkpoint_due(epoch, cfgs[0].epochs, any(m["diverged"] for m in members.values()), options,
+                          time.monotonic() - saved_at):
             with tempfile.TemporaryDirectory() as tmp:
                 torch.save(state.state_dict(), os.path.join(tmp, CHECKPOINT_FILE))
                 tune.report(result, checkpoint=tune.Checkpoint.from_directory(tmp))
+            saved_at = time.monotonic()
         else:
             tune.report(result)
 
     try:
-        train_fused(cfgs, data, report, resume_from)
+        train_fused(cfgs, splits, report, resume_from)
     except CheckpointMismatch as e:
         if resume_from is None:
             raise
         print(f"[{options.study}] checkpoint ignored, starting the group over: {e}", file=sys.stderr)
-        train_fused(cfgs, data, report, None)
+        train_fused(cfgs, splits, report, None)
 
 
 def resolve_once(cfg: TrainConfig, earlier_precision: str | None, has_gpu: bool) -> TrainConfig:
@@ -154,9 +185,16 @@ def resolve_once(cfg: TrainConfig, earlier_precision: str | None, has_gpu: bool)
     return cfg.replace(device=device, precision=precision)
 
 
-def _read_run_info(trial_dir: Path) -> dict[str, Any]:
+def trial_folder(options: TrialOptions) -> str:
+    """The trial's folder on storage. run_info.json is written straight there, so Tune need not sync the
+    trial's working folder (experiment.py), and a restart on another node still reads the earlier starts."""
+    working = Path(tune.get_context().get_trial_dir())  # a local folder named as the one on storage
+    return join(options.experiment_path, working.name) if options.experiment_path else str(working)
+
+
+def _read_run_info(trial_dir: str) -> dict[str, Any]:
     try:
-        return json.loads((trial_dir / "run_info.json").read_text())
+        return json.loads(read_text(join(trial_dir, "run_info.json")) or "{}")
     except (OSError, ValueError):
         return {}
 
@@ -173,14 +211,12 @@ def _load_checkpoint(checkpoint: tune.Checkpoint | None) -> dict[str, Any] | Non
         return None
 
 
-def _write_run_info(trial_dir: Path, cfg: TrainConfig, options: TrialOptions, gpu_ids: list[str],
-                    members: list[TrainConfig] | None = None) -> None:
-    """What produced this trial, beside its results; restarts are appended, not overwritten. (PBT's exploits
-    are in the results: the `donor` of the first epoch after each.)"""
+def _write_run_info(trial_dir: str, starts: list[float], cfg: TrainConfig, options: TrialOptions,
+                    gpu_ids: list[str], members: list[TrainConfig] | None = None) -> None:
+    """What produced this trial, beside its results; restarts are appended to the earlier `starts` (PBT's
+    exploits are in the results: the `donor` of the first epoch after each)."""
     ctx = tune.get_context()
     resources = ctx.get_trial_resources().required_resources
-    earlier = _read_run_info(trial_dir)
-    starts = earlier.get("starts", [])
     info = {
         "study": options.study,
         "trial_id": ctx.get_trial_id(),
@@ -199,4 +235,4 @@ def _write_run_info(trial_dir: Path, cfg: TrainConfig, options: TrialOptions, gp
     if members is not None:  # a fused group: every member's id and resolved config
         info["members"] = [{"trial_id": f"{info['trial_id']}-{k}", "config": m.to_dict()} for k, m in enumerate(members)]
         del info["config"], info["seed"]
-    write_atomic(trial_dir / "run_info.json", json.dumps(info, indent=2, default=str))
+    write_atomic(join(trial_dir, "run_info.json"), json.dumps(info, indent=2, default=str))

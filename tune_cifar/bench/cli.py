@@ -40,7 +40,14 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     two = (result.get("augment") or {}).get("dataloader", {}).get("2")
     result["augment_speedup"] = two["speedup"] if two else None
     result["train_speedup"] = (result.get("train") or {}).get("speedup")
-    result["tune_overhead_s_per_trial"] = (result["tune"] or {}).get("overhead_s_per_trial")
+    tune = result["tune"] or {}
+    result["tune_overhead_s_per_trial"] = tune.get("overhead_s_per_trial")
+    result["tune_marginal_overhead_s_per_trial"] = tune.get("marginal_overhead_s_per_trial")
+    variants = tune.get("variants", {})
+    # Everything written under the storage path (checkpoints, Tune's and our files) per trial-epoch.
+    result["checkpoint_bytes_per_trial_epoch"] = variants.get("default", {}).get("storage_bytes_per_trial_epoch")
+    result["checkpoint_bytes_per_trial_epoch_every_epoch"] = variants.get("every_epoch", {}).get(
+        "storage_bytes_per_trial_epoch")
     return result
 
 
@@ -66,13 +73,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tune-trials", type=int, default=8)
     p.add_argument("--tune-images", type=int, default=64, help="training images per Tune trial")
     p.add_argument("--tune-epochs", type=int, default=2)
+    p.add_argument("--tune-rounds", type=int, default=2, help="rounds of part 4's runs; the fastest of each counts")
+    p.add_argument("--tune-threads", type=int, default=1,
+                   help="CPUs of each Tune trial and threads of the in-process runs (default 1, a trial's default)")
     for part in ("augment", "train", "pack", "tune"):
         p.add_argument(f"--skip-{part}", action="store_true")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # a packing child process
     p.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if min(args.batch_size, args.augment_images, args.train_steps, args.train_repeats, args.pack_steps, args.eval_images,
-           args.tune_trials, args.tune_images, args.tune_epochs, args.repeats, *args.pack) < 1:
+           args.tune_trials, args.tune_images, args.tune_epochs, args.tune_rounds, args.tune_threads, args.repeats, *args.pack) < 1:
         p.error("sizes, counts and K must be >= 1")
     return args
 

@@ -103,12 +103,7 @@ def format_table(r: dict[str, Any]) -> str:
         if t is None:
             lines.append("\n4. Tune overhead: skipped (Ray not installed or --skip-tune)")
         else:
-            lines += [f"\n4. Tune overhead ({t['trials']} trials x {t['epochs']} epochs on {t['train_images']} images, "
-                      f"one at a time with every core, in both)",
-                      f"   one after another in one process   {t['sequential_s']:8.1f} s",
-                      f"   through Tune (run_study)             {t['tune_fit_s']:8.1f} s  (+ ray.init {t['ray_init_s']:.1f} s)",
-                      f"   overhead per trial {t['overhead_s_per_trial']:.2f} s, per reported result "
-                      f"{t['overhead_s_per_result']:.2f} s"]
+            lines += tune_lines(t)
     if r.get("projection"):
         q = r["projection"]
         lines += [f"\nprojection of the `{q['study']}` study ({q['trial_epochs']} trial-epochs of 40k train + 10k val images) "
@@ -121,5 +116,35 @@ def format_table(r: dict[str, Any]) -> str:
             lines.append(f"one trial's device memory: {q['trial_memory_mib']:,.0f} MiB (peak allocated, with the full "
                          f"CIFAR-100 resident); choose --gpus-per-trial from it")
     lines.append(f"\naugment_speedup {fmt(r['augment_speedup'], '.2f')}  train_speedup {fmt(r['train_speedup'], '.2f')}  "
-                 f"tune_overhead_s_per_trial {fmt(r['tune_overhead_s_per_trial'], '.2f')}")
+                 f"tune_overhead_s_per_trial {fmt(r['tune_overhead_s_per_trial'], '.2f')}  "
+                 f"checkpoint_bytes_per_trial_epoch {fmt(r.get('checkpoint_bytes_per_trial_epoch'), ',.0f')}")
     return "\n".join(lines)
+
+
+def tune_lines(t: dict[str, Any]) -> list[str]:
+    """Part 4: the runs' seconds, the overhead per trial item by item, and the bytes written to storage."""
+    from tune_cifar.bench.timing import ITEMS
+
+    v = t["variants"]
+    names = list(v)
+    labels = {"default": "default", "every_epoch": "every epoch"}
+    lines = [f"\n4. Tune overhead ({t['trials']} trials x {t['epochs']} epochs on {t['train_images']} images, one at a "
+             f"time on {t['threads']} thread(s), in both; fastest of {t['rounds']} rounds)",
+             f"   {'one after another in one process':<52}{t['sequential_s']:8.1f} s",
+             *(f"   {'through Tune (run_study), ' + labels.get(n, n) + ' checkpoints':<52}{v[n]['tune_fit_s']:8.1f} s"
+               for n in names),
+             f"   (ray.init {t['ray_init_s']:.1f} s more, once)",
+             f"   {'overhead per trial, s':<64}" + "".join(f"{labels.get(n, n):>13}" for n in names)]
+    for key, label in ITEMS.items():
+        lines.append(f"     {label:<62}" + "".join(f"{v[n]['breakdown_s_per_trial'][key]:13.3f}" for n in names))
+    lines += [f"   {'total':<64}" + "".join(f"{v[n]['overhead_s_per_trial']:13.3f}" for n in names),
+              f"   {'  each further trial (median of trials 2..n)':<64}"
+              + "".join(f"{fmt(v[n]['marginal_overhead_s_per_trial'], '13.3f')}" for n in names),
+              f"   {'  once per study, s (actor start, a fresh process first step)':<64}"
+              + "".join(f"{fmt(v[n]['one_off_s'], '13.2f')}" for n in names),
+              f"   {'written to storage per trial-epoch, bytes':<64}"
+              + "".join(f"{v[n]['storage_bytes_per_trial_epoch']:13,.0f}" for n in names),
+              f"   {'  of which checkpoints':<64}"
+              + "".join(f"{v[n]['checkpoint_file_bytes_per_trial_epoch']:13,.0f}" for n in names),
+              f"   storage written per trial-epoch: {t['storage_cut']:,.1f}x less than with a checkpoint every epoch"]
+    return lines
