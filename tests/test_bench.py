@@ -14,7 +14,8 @@ from tune_cifar.data import PAD, EpochPlan
 from tune_cifar.train import train
 
 TINY = ["--device", "cpu", "--batch-size", "16", "--augment-images", "64", "--repeats", "1", "--workers", "0,2",
-        "--train-steps", "2", "--train-repeats", "1", "--eval-images", "16", "--pack", "1,2", "--pack-steps", "1"]
+        "--train-steps", "2", "--train-repeats", "1", "--eval-images", "16", "--pack", "1,2", "--pack-steps", "1",
+        "--fused-k", "1,2", "--fused-steps", "1", "--fused-repeats", "1"]
 
 
 class PlannedCropFlip:
@@ -73,8 +74,15 @@ def test_json_holds_every_part_and_the_headline_figures(tiny_run):
     assert result["machine"]["device"] == "cpu"
     assert result["tune"] is None and result["tune_overhead_s_per_trial"] is None  # --skip-tune
     assert result["checkpoint_bytes_per_trial_epoch"] is None
-    for heading in ("1. augmentation", "2. training", "3. packing", "4. Tune overhead: skipped", "augment_speedup"):
+    for heading in ("1. augmentation", "2. training", "3. packing", "4. Tune overhead: skipped", "augment_speedup",
+                    "5. fused training"):
         assert heading in table
+    fused = result["fused"]
+    assert [row["k"] for row in fused["rows"]] == [1, 2]
+    assert all(row["fused_images_per_s"] > 0 and row["sequential_images_per_s"] > 0 for row in fused["rows"])
+    best_fused = max(row["fused_images_per_s"] for row in fused["rows"])
+    best_packed = max(row["packed_images_per_s"] for row in fused["rows"])
+    assert result["fused_speedup"] == pytest.approx(best_fused / best_packed)  # best fused over best packing
 
 
 @pytest.mark.slow  # runs the benchmark in subprocesses

@@ -12,7 +12,7 @@ from tune_cifar.config import ConfigError, TrainConfig
 from tune_cifar.data import read_cifar100, write_synthetic
 from tune_cifar.fused import (FusedState, compatible, fuse_models, fused_sgd_, group_configs, train_fused,
                               unsupported_fields)
-from tune_cifar.fused_bench import bench_fused, bench_methods, format_fused
+from tune_cifar.bench.fused import bench_fused, bench_methods, format_fused
 from tune_cifar.train import CheckpointMismatch, TrainState, resolve_runtime, train
 
 KEYS = ("epoch", "lr", "weight_decay", "momentum", "mixup_alpha", "train_loss", "train_acc", "val_loss", "val_acc",

@@ -20,7 +20,7 @@ Why the grouped-conv rewrite and not torch.func (vmap of functional_call over st
 measured on this project's 2-core CPU (torch 2.14.1, MobileNet, batch 128 per member, channels_last,
 fp32), one forward + backward + SGD step of all K members on resident tensors, best of 6 interleaved
 rounds; other jobs shared the machine (load average 4.1 at start, 3.2 at end), so read the ratios,
-not the last digit (`python -m tune_cifar.fused_bench --methods-only --steps 1 --repeats 6`):
+not the last digit (`python -m tune_cifar.bench.fused --methods-only --steps 1 --repeats 6`):
 
     images/s, all members      K=1    K=2    K=4    K=8
     plain models, in turn       633    699    669    653   (one nn.Module + torch SGD per member)
@@ -32,7 +32,7 @@ model's own kernels (groups unchanged), so a lone member costs what train() does
 On this CPU neither fusion beats stepping members in turn: oneDNN's dense 1x1 convolutions are faster
 than grouped ones, and two cores are busy at batch 128 already. End to end (train_fused vs K train()
 runs in this process vs K processes at once, second of 2 epochs of 3 steps timed, best of 2 rounds,
-load average 0.8 rising to 9.5; `python -m tune_cifar.fused_bench --device cpu --steps 3`):
+load average 0.8 rising to 9.5; `python -m tune_cifar.bench.fused --device cpu --steps 3`):
 
     images/s, all members      K=1    K=2    K=4    K=8
     fused (train_fused)         443    364    287    141
@@ -43,7 +43,7 @@ load average 0.8 rising to 9.5; `python -m tune_cifar.fused_bench --device cpu -
 gave 674 vs 643 and 729 vs 623 images/s, best of 12 and of 6 rounds.) The case for fusion is a GPU,
 where one small trial is bound by kernel launches and Python (HFTA reports 2.4x for three MobileNetV2
 on a V100): fused, each launch does K times the work, and the whole step can be one CUDA graph.
-`python -m tune_cifar.fused_bench --device cuda --methods` measures that whenever a GPU is lent (not in
+`python -m tune_cifar.bench.fused --device cuda --methods` measures that whenever a GPU is lent (not in
 this session). vmap lowers convolutions to the same grouped kernels there, so it is not expected to
 win on the GPU either; its row in the --methods table would say if it does.
 

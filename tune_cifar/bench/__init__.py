@@ -6,7 +6,8 @@ The baseline is the course template: torchvision's per-image PIL transforms in a
 NCHW loop that reads loss and accuracy with `.item()` every step, one trial per device. Parts, one
 module each: 1. augmentation + batching (augment.py), 2. training steps (training.py), 3. K training
 processes sharing one device (pack.py), 4. Ray Tune's overhead per trial (tune.py, only where Ray is
-installed). baseline.py is the report's pipeline, common.py what the parts share, report.py the
+installed), 5. K configurations trained as one fused model against K in turn and K processes (fused.py).
+baseline.py is the report's pipeline, common.py what the parts share, report.py the
 projection and the printed table, cli.py the entry point. The table goes to stdout, progress to
 stderr, every figure to --json. Without --data-dir the images are generated, of CIFAR-100's shape.
 """

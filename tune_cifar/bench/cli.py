@@ -9,6 +9,7 @@ from typing import Any
 
 from tune_cifar.bench.augment import bench_augment
 from tune_cifar.bench.common import log
+from tune_cifar.bench.fused import bench_fused, format_fused
 from tune_cifar.bench.pack import bench_pack, pack_worker
 from tune_cifar.bench.report import format_table, machine, projection
 from tune_cifar.bench.training import bench_train
@@ -30,6 +31,10 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     if not args.skip_pack:
         result["pack"] = bench_pack(args, device)
     result["tune"] = None if args.skip_tune else bench_tune(args, device)
+    if not args.skip_fused:
+        result["fused"] = bench_fused(argparse.Namespace(
+            k=args.fused_k, model="mobilenet", batch_size=args.batch_size, steps=args.fused_steps,
+            repeats=args.fused_repeats, skip_pack=args.skip_pack, methods=args.fused_methods), device)
     result["projection"] = projection(result, device)
     result["load_average_1m_at_end"] = os.getloadavg()[0]
     if device.type == "cpu" and result.get("pack"):
@@ -40,6 +45,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     two = (result.get("augment") or {}).get("dataloader", {}).get("2")
     result["augment_speedup"] = two["speedup"] if two else None
     result["train_speedup"] = (result.get("train") or {}).get("speedup")
+    result["fused_speedup"] = (result.get("fused") or {}).get("fused_speedup")  # best fused over best packing
     tune = result["tune"] or {}
     result["tune_overhead_s_per_trial"] = tune.get("overhead_s_per_trial")
     result["tune_marginal_overhead_s_per_trial"] = tune.get("marginal_overhead_s_per_trial")
@@ -76,11 +82,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tune-rounds", type=int, default=2, help="rounds of part 4's runs; the fastest of each counts")
     p.add_argument("--tune-threads", type=int, default=1,
                    help="CPUs of each Tune trial and threads of the in-process runs (default 1, a trial's default)")
-    for part in ("augment", "train", "pack", "tune"):
+    p.add_argument("--fused-k", type=int_list, default=[1, 2, 4, 8], help="fused group sizes K (part 5)")
+    p.add_argument("--fused-steps", type=int, default=4, help="timed steps per member in part 5")
+    p.add_argument("--fused-repeats", type=int, default=2, help="rounds of part 5; the fastest of each counts")
+    p.add_argument("--fused-methods", action="store_true", help="part 5 also times grouped conv vs vmap per step")
+    for part in ("augment", "train", "pack", "tune", "fused"):
         p.add_argument(f"--skip-{part}", action="store_true")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # a packing child process
     p.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if min(args.fused_steps, args.fused_repeats, *args.fused_k) < 1:
+        p.error("part 5's sizes and K must be >= 1")
     if min(args.batch_size, args.augment_images, args.train_steps, args.train_repeats, args.pack_steps, args.eval_images,
            args.tune_trials, args.tune_images, args.tune_epochs, args.tune_rounds, args.tune_threads, args.repeats, *args.pack) < 1:
         p.error("sizes, counts and K must be >= 1")
@@ -93,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         return pack_worker(args)
     result = run_bench(args)
     print(format_table(result), flush=True)
+    if result.get("fused"):
+        print("\n5. " + format_fused(result["fused"]), flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)

@@ -1,7 +1,10 @@
-"""Fused training (tune_cifar.fused) against K trials one after another and K processes at once.
+"""Part 5: fused training (tune_cifar.fused) against K trials one after another and K processes at once.
 
-    python -m tune_cifar.fused_bench [--device cpu|cuda] [--k 1,2,4,8] [--steps 4] [--json PATH]
-    python -m tune_cifar.fused_bench --methods-only    # grouped conv vs vmap vs plain models, per step
+`python -m tune_cifar.bench` runs it with the other parts (`--fused-k`, `--fused-steps`, `--skip-fused`);
+on its own, with its fusion-method comparison:
+
+    python -m tune_cifar.bench.fused [--device cpu|cuda] [--k 1,2,4,8] [--steps 4] [--json PATH]
+    python -m tune_cifar.bench.fused --methods-only    # grouped conv vs vmap vs plain models, per step
 
 For each K: (fused) the K configurations as one model through train_fused; (sequential) K train()
 runs in this process, one after another; (packed) K processes running train() at once, sharing the
@@ -42,7 +45,7 @@ _START = time.perf_counter()
 
 
 def log(msg: str) -> None:
-    print(f"[fused_bench {time.perf_counter() - _START:6.1f}s] {msg}", file=sys.stderr, flush=True)
+    print(f"[bench.fused {time.perf_counter() - _START:6.1f}s] {msg}", file=sys.stderr, flush=True)
 
 
 def sync(device: torch.device) -> None:
@@ -188,7 +191,7 @@ def run_packed(k: int, args: argparse.Namespace, device: torch.device) -> dict[s
     threads = max(1, cores // k)
     procs = []
     for i in range(k):
-        cmd = [sys.executable, "-m", "tune_cifar.fused_bench", "--worker", "--member", str(i), "--device", device.type,
+        cmd = [sys.executable, "-m", "tune_cifar.bench.fused", "--worker", "--member", str(i), "--device", device.type,
                "--threads", str(threads), "--batch-size", str(args.batch_size), "--steps", str(args.steps),
                "--model", args.model]
         procs.append(subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
@@ -405,7 +408,7 @@ def add_fused_args(p: argparse.ArgumentParser) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m tune_cifar.fused_bench", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m tune_cifar.bench.fused", description=__doc__.splitlines()[0])
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--json", metavar="PATH", help="write every figure here as JSON")
     p.add_argument("--methods-only", action="store_true", help="only the per-step fusion-method comparison")
