@@ -81,7 +81,8 @@ class StudyProgress(tune.Callback):
         elapsed = self.last_line - self.start
         done = sum(self.epochs.values())
         total = max(self.trial_epochs, done)
-        left = f", ~{clock(elapsed / done * (total - done))} left" if 0 < done < total else ""
+        running = len(self.ended) < self.trials  # (a scheduler that stops trials early leaves `total` unspent)
+        left = f", ~{clock(elapsed / done * (total - done))} left" if running and 0 < done < total else ""
         best = f", best {self.metric} {self.best[0]:.4f} ({self.best[1]})" if self.best else ""
         print(f"[{self.study}] {len(self.ended)}/{self.trials} {self.unit}, {done}/{total} trial-epochs, "
               f"{clock(elapsed)} elapsed{left}{best}" + (f"; {note}" if note else ""), file=self.stream or sys.stderr, flush=True)
