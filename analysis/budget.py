@@ -70,22 +70,27 @@ def budget(df: pd.DataFrame, meta: dict[str, dict], metric: str = "val_acc", mod
 
 
 def curves(b: pd.DataFrame) -> pd.DataFrame:
-    """Each strategy's best-so-far at every point where one of its runs ended a trial: mean, min, max over runs."""
+    """Each strategy's best-so-far at every point where one of its runs ended a trial: mean, min, max over runs.
+
+    A run's best found after spending x is its value at the last trial that ended at or before x, and
+    stays there after its last trial (what its whole budget bought). The mean is given only where every
+    run has found something (`runs` says how many have), so it never averages a lucky early find with
+    runs that have none yet; min and max are over the runs that have.
+    """
     out = []
     for strategy, g in b.groupby("strategy", sort=False):
         grid = np.unique(np.concatenate([[0.0], g["trial_epochs"].to_numpy(float)]))
         runs = []
         for _, r in g.groupby("run", sort=False):
-            # best found after spending x: the value at the last trial that ended at or before x
             idx = np.searchsorted(r["trial_epochs"].to_numpy(), grid, side="right") - 1
-            values = np.where(idx >= 0, r["best"].to_numpy()[np.clip(idx, 0, None)], np.nan)
-            values[grid > r["trial_epochs"].max()] = np.nan  # a run that spent less says nothing beyond its end
-            runs.append(values)
+            runs.append(np.where(idx >= 0, r["best"].to_numpy()[np.clip(idx, 0, None)], np.nan))
         stack = np.vstack(runs)
+        found = np.sum(~np.isnan(stack), axis=0)
         with np.errstate(all="ignore"), _quiet():
-            out.append(pd.DataFrame({"strategy": strategy, "trial_epochs": grid, "mean": np.nanmean(stack, axis=0),
+            mean = np.where(found == len(runs), np.nanmean(stack, axis=0), np.nan)
+            out.append(pd.DataFrame({"strategy": strategy, "trial_epochs": grid, "mean": mean,
                                      "low": np.nanmin(stack, axis=0), "high": np.nanmax(stack, axis=0),
-                                     "runs": np.sum(~np.isnan(stack), axis=0)}))
+                                     "runs": found}))
     return pd.concat(out, ignore_index=True) if out else pd.DataFrame()
 
 

@@ -97,7 +97,8 @@ def budget_curves(b: pd.DataFrame, curves: pd.DataFrame, target: float, metric: 
     for (strategy, c), color in zip(curves.groupby("strategy", sort=False), _colors(curves["strategy"].nunique())):
         runs = int(c["runs"].max())
         ax.plot(c["trial_epochs"], c["mean"], color=color, drawstyle="steps-post",
-                label=f"{strategy}" + (f" (mean of {runs} runs, band = min..max)" if runs > 1 else ""))
+                label=f"{strategy}" + (f" (mean of {runs} runs once all have found one; band = min..max)"
+                                       if runs > 1 else ""))
         if runs > 1:
             ax.fill_between(c["trial_epochs"], c["low"], c["high"], color=color, alpha=0.2, step="post", linewidth=0)
     if np.isfinite(target):

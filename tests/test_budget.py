@@ -64,16 +64,17 @@ def test_first_to_reach_the_chains_final_accuracy(results):
     b = budget.budget(df, meta)
     target, spent, reached = budget.first_to_reach(b)
     assert (target, spent) == (0.60, 16)
-    # the mean of the two runs: at 4 only run B has found something (0.58); at 5 run A has 0.65 and
-    # run B 0.58, mean 0.615 >= 0.60: reached after 5 of the chain's 16 trial-epochs
+    # the mean of the two runs: at 4 only run B has found something (0.58), so there is no mean yet; at 5
+    # run A has 0.65 and run B 0.58, mean 0.615 >= 0.60: reached after 5 of the chain's 16 trial-epochs
     (search,) = reached
     assert search.strategy == "TPE + ASHA (joint)" and search.trial_epochs == 5
     assert search.fraction == pytest.approx(5 / 16)
     assert "TPE + ASHA (joint) reached it first, after 5 trial-epochs (31% of the chain's budget" \
         in budget.sentence(b)
     c = budget.curves(b)
-    at4 = c[(c["strategy"] == "TPE + ASHA (joint)") & (c["trial_epochs"] == 4)].iloc[0]
-    assert (at4["mean"], at4["runs"]) == (0.58, 1)  # run A's only trial so far was cut: nothing found
+    joint = c[c["strategy"] == "TPE + ASHA (joint)"].set_index("trial_epochs")
+    assert math.isnan(joint.loc[4, "mean"]) and joint.loc[4, "runs"] == 1 and joint.loc[4, "high"] == 0.58
+    assert joint.loc[9, "mean"] == pytest.approx((0.65 + 0.61) / 2)  # run B ended at 8: its 0.61 carries on
     t = budget.table(b).set_index("strategy")
     assert t.loc["TPE + ASHA (joint)", "runs"] == 2 and t.loc["TPE + ASHA (joint)", "best_val_acc"] == pytest.approx(0.63)
     assert t.loc["greedy chain (all)", "test_acc_of_best"] == pytest.approx(0.59)
