@@ -20,6 +20,7 @@ from analysis.published import tables_for
 from analysis.render import Block, Bullets, Grid, Heading, Image, Para, to_html, to_markdown
 from analysis.stats import compare_winner, ranked, summary, trials, welch
 from analysis.tables import OURS_NOTE, Table, markdown_table, study_tables, table_markdown
+from tune_cifar.schema import USED_ONLY_WHEN
 from tune_cifar.storage import write_atomic
 
 TITLE = "Reproduction report: MobileNet on CIFAR-100, four hyperparameter studies and beyond"
@@ -128,11 +129,20 @@ def _rank_keys(s: pd.DataFrame, meta: dict) -> list[str]:
     return space + [c for c in s.columns if c.startswith("config/") and c not in space]
 
 
+def _in_use(df: pd.DataFrame, field: str) -> bool:
+    """False when `field` only matters under settings no trial here used (step milestones under cosine)."""
+    if field not in USED_ONLY_WHEN:
+        return True
+    other, values = USED_ONLY_WHEN[field]
+    return f"config/{other}" not in df or df[f"config/{other}"].isin(values).any()
+
+
 def _setup(df: pd.DataFrame, s: pd.DataFrame, meta: dict, metric: str, mode: str) -> list[str]:
     space = meta.get("space") or {}
     varied = [f"`{k}` in {{{', '.join(format_value(k, v) for v in values)}}}" for k, values in space.items()]
     fixed = [f"{k}={format_value(k, df[f'config/{k}'].iloc[0])}" for k in IDENTITY_FIELDS
-             if k not in space and f"config/{k}" in df and df[f"config/{k}"].nunique(dropna=False) == 1]
+             if k not in space and f"config/{k}" in df and df[f"config/{k}"].nunique(dropna=False) == 1
+             and _in_use(df, k)]
     items = [f"**What varied:** {'; '.join(varied) or ', '.join(s['configuration'])}",
              f"**Fixed:** {', '.join(fixed)}"]
     if meta.get("carried"):

@@ -154,3 +154,19 @@ def test_an_exploding_loss_switches_that_panel_to_a_log_scale(lr_two_seeds):
     assert scales == {"training loss": "linear", "validation loss": "log", "training accuracy": "linear",
                       "validation accuracy": "linear"}
     assert fig.axes[1].get_ylabel().endswith("log scale")
+
+
+def test_the_fixed_line_leaves_out_settings_no_trial_used(tmp_path):
+    write_study(tmp_path, "lr", {"lr": [0.01, 0.05]}, epochs=2)
+    write_study(tmp_path, "schedules", {"schedule": ["constant", "step"]}, epochs=2)
+    md = write_report(tmp_path, log=lambda msg: None)["markdown"].read_text()
+    fixed = [line for line in md.splitlines() if "**Fixed:**" in line]
+    assert len(fixed) == 2
+    lr_fixed, schedules_fixed = fixed if "lr=" not in fixed[0] else fixed[::-1]
+    # a constant-lr study fixes no milestones, no warm-up, and no cutmix (mix is mixup)
+    for unused in ("step_milestones=", "step_gamma=", "warmup_epochs=", "cutmix_alpha=", "cutmix_prob="):
+        assert unused not in lr_fixed, unused
+    assert "schedule=constant" in lr_fixed and "mixup_alpha=off" in lr_fixed and "weight_decay=" in lr_fixed
+    # one of its trials ran the step schedule: its milestones and gamma were in force
+    assert "step_milestones=" in schedules_fixed and "step_gamma=" in schedules_fixed
+    assert "warmup_epochs=" not in schedules_fixed and "lr=" in schedules_fixed

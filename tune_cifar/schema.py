@@ -28,6 +28,12 @@ CONFIGURATION_FIELDS = ("model", "dropout", "drop_path", "lr", "schedule", "step
                         "warmup_epochs", "weight_decay", "momentum", "nesterov", "epochs", "batch_size",
                         "label_smoothing", "mix", "mixup_alpha", "cutmix_alpha", "cutmix_prob", "split_seed",
                         "val_fraction", "precision")
+# Fields that only matter while another field has one of the given values (the step schedule's
+# milestones under cosine change nothing): the report leaves them out of a study's "Fixed" line
+# when no trial of the study used them.
+USED_ONLY_WHEN = {"step_milestones": ("schedule", ("step",)), "step_gamma": ("schedule", ("step",)),
+                  "warmup_epochs": ("schedule", ("warmup_cosine",)), "mixup_alpha": ("mix", ("mixup",)),
+                  "cutmix_alpha": ("mix", ("cutmix",)), "cutmix_prob": ("mix", ("cutmix",))}
 # Hyperparameters a run may change between epochs and still continue from its saved state: PBT
 # clones a donor's weights and momentum buffers and goes on with its own mutated values of these.
 MUTABLE_FIELDS = ("lr", "weight_decay", "momentum", "mixup_alpha")
