@@ -96,13 +96,10 @@ def train_trial(config: dict[str, Any], data: CifarData, options: TrialOptions =
         metrics = {**metrics, "device": cfg.device, "precision": cfg.precision,
                    "donor": exploit["donor"] if exploit else None}
         exploit = None  # only the first epoch after an exploit names its donor
-        if checkpoint_due(state.epoch, cfg.epochs, metrics["diverged"], options, time.monotonic() - saved_at):
-            with tempfile.TemporaryDirectory() as tmp:
-                torch.save({**state.state_dict(), "trial_id": trial_id}, os.path.join(tmp, CHECKPOINT_FILE))
-                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+        due = checkpoint_due(state.epoch, cfg.epochs, metrics["diverged"], options, time.monotonic() - saved_at)
+        _report(metrics, {**state.state_dict(), "trial_id": trial_id} if due else None)
+        if due:
             saved_at = time.monotonic()
-        else:
-            tune.report(metrics)
 
     try:
         train(cfg, splits, report, resume_from)
@@ -149,14 +146,11 @@ def train_group(config: dict[str, Any], data: CifarData, options: TrialOptions =
         sane = [m for m in members.values() if not m["diverged"]]
         best = max(sane or members.values(), key=lambda m: m.get("val_acc", float("-inf")))
         result = {"epoch": epoch, "val_acc": best["val_acc"], "val_loss": best["val_loss"], "members": members}
-        if checkpoint_due(epoch, cfgs[0].epochs, any(m["diverged"] for m in members.values()), options,
-                          time.monotonic() - saved_at):
-            with tempfile.TemporaryDirectory() as tmp:
-                torch.save(state.state_dict(), os.path.join(tmp, CHECKPOINT_FILE))
-                tune.report(result, checkpoint=tune.Checkpoint.from_directory(tmp))
+        due = checkpoint_due(epoch, cfgs[0].epochs, any(m["diverged"] for m in members.values()), options,
+                             time.monotonic() - saved_at)
+        _report(result, state.state_dict() if due else None)
+        if due:
             saved_at = time.monotonic()
-        else:
-            tune.report(result)
 
     try:
         train_fused(cfgs, splits, report, resume_from)
@@ -165,6 +159,16 @@ def train_group(config: dict[str, Any], data: CifarData, options: TrialOptions =
             raise
         print(f"[{options.study}] checkpoint ignored, starting the group over: {e}", file=sys.stderr)
         train_fused(cfgs, splits, report, None)
+
+
+def _report(result: dict[str, Any], state_dict: dict[str, Any] | None) -> None:
+    """One Tune result; with a checkpoint holding `state_dict` when one is given."""
+    if state_dict is None:
+        tune.report(result)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.save(state_dict, os.path.join(tmp, CHECKPOINT_FILE))
+        tune.report(result, checkpoint=tune.Checkpoint.from_directory(tmp))
 
 
 def resolve_once(cfg: TrainConfig, earlier_precision: str | None, has_gpu: bool) -> TrainConfig:

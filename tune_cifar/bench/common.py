@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import resource
+import subprocess
 import sys
 import time
 from typing import Any
@@ -10,7 +12,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from tune_cifar.config import TrainConfig
 from tune_cifar.data import NUM_CLASSES, CifarData, DeviceData, read_cifar100, synthetic_images
+from tune_cifar.train import train
 
 _START = time.perf_counter()
 
@@ -62,3 +66,62 @@ def peak_rss_mib() -> float:
             return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024  # kB
     except (OSError, StopIteration):
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # other systems: KiB (macOS: bytes)
+
+
+def reset_peak(device: torch.device) -> None:
+    """Start peak_mib afresh: CUDA's allocator peak, or on Linux the process's peak resident set."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:  # Linux: "5" resets the peak resident set (VmHWM) to the current one
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def peak_mib(device: torch.device) -> float:
+    return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else peak_rss_mib()
+
+
+def run_workers(cmds: list[list[str]], wait_s: float) -> list[dict[str, Any]]:
+    """Start one process per command, let each warm up and print a ready line, then send every one "go" at
+    once and return the JSON line each prints when its timed work is done (packing: K processes sharing
+    one device)."""
+    procs = [subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for cmd in cmds]
+    try:
+        for p in procs:
+            if not p.stdout.readline():
+                raise RuntimeError(f"packing worker exited with {p.wait()} before it was ready")
+        for p in procs:
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        return [json.loads(p.stdout.readline()) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.stdin.close()
+                p.wait(timeout=wait_s)
+
+
+def fmt(v: float | None, spec: str = ",.0f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def timed_worker(cfg: TrainConfig, dd: DeviceData) -> int:
+    """The child's side of run_workers: train epoch 1 untimed, print a ready line, wait for "go", train epoch 2,
+    and print its images, start, end (CLOCK_MONOTONIC: one clock for every process) and peak memory."""
+    window: dict[str, float] = {}
+
+    def on_epoch(metrics: dict[str, Any], state: Any) -> None:
+        if metrics["epoch"] == 1:
+            print(json.dumps({"ready": True}), flush=True)
+            sys.stdin.readline()  # every process starts its timed epoch together
+            window["start"] = time.perf_counter()
+        else:
+            window["end"] = window["start"] + dd.num_train / metrics["images_per_s"]
+
+    reset_peak(dd.device)
+    train(cfg, dd, on_epoch)
+    print(json.dumps({"images": dd.num_train, **window, "peak_memory_mib": peak_mib(dd.device)}), flush=True)
+    return 0

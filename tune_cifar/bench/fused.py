@@ -26,7 +26,6 @@ import copy
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from typing import Any, Callable
@@ -35,6 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from tune_cifar.bench.common import fmt, peak_mib, reset_peak, run_workers, timed_worker
 from tune_cifar.config import TrainConfig
 from tune_cifar.data import NUM_CLASSES, CifarData, DeviceData, synthetic_images
 from tune_cifar.fused import FusedState, GroupPlan, fused_batches, fused_step, fused_sgd_, resolve_group, train_fused
@@ -69,27 +69,6 @@ def member_configs(k: int, base: TrainConfig) -> list[TrainConfig]:
 
 # ---------------------------------------------------------------------------------------------
 # Peak memory
-
-
-def reset_peak(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        return
-    try:  # Linux: "5" resets the peak resident set (VmHWM) to the current one
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
-
-
-def peak_mib(device: torch.device) -> float | None:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    try:
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
-    except (OSError, StopIteration):
-        return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -164,50 +143,22 @@ def run_graph(cfgs: list[TrainConfig], dd: DeviceData, steps: int) -> dict[str, 
 
 
 def pack_worker(args: argparse.Namespace) -> int:
-    """Child of run_packed: warm up, say ready, wait for the go line, train the timed epoch, report."""
+    """Child of run_packed: one member's configuration through common.timed_worker."""
     torch.set_num_threads(args.threads)
     device = pick_device(args.device)
     dd = bench_data(args.steps * args.batch_size, args.batch_size, device)
     cfg = member_configs(args.member + 1, TrainConfig(model=args.model, device=device.type,
                                                       batch_size=args.batch_size, epochs=2))[args.member]
-    window: dict[str, float] = {}
-
-    def on_epoch(metrics: dict[str, Any], state: Any) -> None:
-        if metrics["epoch"] == 1:
-            print(json.dumps({"ready": True}), flush=True)
-            sys.stdin.readline()  # every process starts its timed epoch together
-            window["start"] = time.perf_counter()  # CLOCK_MONOTONIC: one clock for all processes
-        else:
-            window["end"] = window["start"] + dd.num_train / metrics["images_per_s"]
-
-    reset_peak(device)
-    train(cfg, dd, on_epoch)
-    print(json.dumps({"images": dd.num_train, **window, "peak_memory_mib": peak_mib(device)}), flush=True)
-    return 0
+    return timed_worker(cfg, dd)
 
 
 def run_packed(k: int, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     cores = len(os.sched_getaffinity(0))
     threads = max(1, cores // k)
-    procs = []
-    for i in range(k):
-        cmd = [sys.executable, "-m", "tune_cifar.bench.fused", "--worker", "--member", str(i), "--device", device.type,
-               "--threads", str(threads), "--batch-size", str(args.batch_size), "--steps", str(args.steps),
-               "--model", args.model]
-        procs.append(subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
-    try:
-        for p in procs:
-            if not p.stdout.readline():
-                raise RuntimeError(f"packing worker exited with {p.wait()} before it was ready")
-        for p in procs:
-            p.stdin.write("go\n")
-            p.stdin.flush()
-        reports = [json.loads(p.stdout.readline()) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.stdin.close()
-                p.wait(timeout=120)
+    cmds = [[sys.executable, "-m", "tune_cifar.bench.fused", "--worker", "--member", str(i), "--device", device.type,
+             "--threads", str(threads), "--batch-size", str(args.batch_size), "--steps", str(args.steps),
+             "--model", args.model] for i in range(k)]
+    reports = run_workers(cmds, wait_s=120)
     wall = max(r["end"] for r in reports) - min(r["start"] for r in reports)
     peaks = [r["peak_memory_mib"] for r in reports]
     return {"images_per_s": sum(r["images"] for r in reports) / wall, "threads": threads,
@@ -360,10 +311,6 @@ def machine(device: torch.device) -> dict[str, Any]:
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
 
 
-def _fmt(v: float | None, spec: str = ",.0f") -> str:
-    return "-" if v is None else format(v, spec)
-
-
 def format_fused(r: dict[str, Any]) -> str:
     m = r["machine"]
     lines = [f"fused training: {r['model']} on {m['device']} ({m['device_name']}, {m['cpu_cores']} cores), torch "
@@ -373,23 +320,23 @@ def format_fused(r: dict[str, Any]) -> str:
              f"{'K':>3}{'fused':>10}{'graph':>10}{'sequential':>12}{'packed':>10}{'fused/seq':>11}{'fused/pack':>12}"
              f"{'MiB fused':>11}{'MiB seq':>9}{'MiB packed':>12}"]
     for row in r["rows"]:
-        lines.append(f"{row['k']:>3}{_fmt(row['fused_images_per_s']):>10}{_fmt(row['graph_images_per_s']):>10}"
-                     f"{_fmt(row['sequential_images_per_s']):>12}{_fmt(row['packed_images_per_s']):>10}"
-                     f"{_fmt(row['fused_vs_sequential'], '.2f') + 'x':>11}{_fmt(row['fused_vs_packed'], '.2f') + 'x':>12}"
-                     f"{_fmt(row['fused_peak_memory_mib']):>11}{_fmt(row['sequential_peak_memory_mib']):>9}"
-                     f"{_fmt(row['packed_peak_memory_mib']):>12}")
+        lines.append(f"{row['k']:>3}{fmt(row['fused_images_per_s']):>10}{fmt(row['graph_images_per_s']):>10}"
+                     f"{fmt(row['sequential_images_per_s']):>12}{fmt(row['packed_images_per_s']):>10}"
+                     f"{fmt(row['fused_vs_sequential'], '.2f') + 'x':>11}{fmt(row['fused_vs_packed'], '.2f') + 'x':>12}"
+                     f"{fmt(row['fused_peak_memory_mib']):>11}{fmt(row['sequential_peak_memory_mib']):>9}"
+                     f"{fmt(row['packed_peak_memory_mib']):>12}")
         if row.get("graph_error"):
             lines.append(f"    K={row['k']}: CUDA graph variant failed: {row['graph_error'][:200]}")
-    lines.append(f"fused_speedup {_fmt(r['fused_speedup'], '.2f')} (best fused over best packed)  "
-                 f"fused_vs_sequential {_fmt(r['fused_vs_sequential'], '.2f')}  "
-                 f"fused_k1_vs_plain {_fmt(r['fused_k1_vs_plain'], '.2f')}")
+    lines.append(f"fused_speedup {fmt(r['fused_speedup'], '.2f')} (best fused over best packed)  "
+                 f"fused_vs_sequential {fmt(r['fused_vs_sequential'], '.2f')}  "
+                 f"fused_k1_vs_plain {fmt(r['fused_k1_vs_plain'], '.2f')}")
     if r.get("methods"):
         mt = r["methods"]
         lines += [f"\nfusion methods, one step without the data pipeline (images/s, batch {mt['batch_size']} per member)",
                   f"{'K':>3}{'plain':>10}{'grouped':>10}{'vmap':>10}"]
         for row in mt["rows"]:
-            lines.append(f"{row['k']:>3}{_fmt(row['plain_images_per_s']):>10}{_fmt(row['grouped_images_per_s']):>10}"
-                         f"{_fmt(row['vmap_images_per_s']):>10}")
+            lines.append(f"{row['k']:>3}{fmt(row['plain_images_per_s']):>10}{fmt(row['grouped_images_per_s']):>10}"
+                         f"{fmt(row['vmap_images_per_s']):>10}")
     return "\n".join(lines)
 
 

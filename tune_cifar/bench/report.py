@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from tune_cifar.bench.common import fmt
 from tune_cifar.studies import load_study
 
 TRAIN_IMAGES, VAL_IMAGES, TEST_IMAGES = 40_000, 10_000, 10_000  # per epoch: train + val; per trial: test once
@@ -57,10 +58,6 @@ def machine(device: torch.device) -> dict[str, Any]:
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "ray": ray_version,
             "load_average_1m": os.getloadavg()[0],
             "python": platform.python_version()}
-
-
-def fmt(v: float | None, spec: str = ",.0f") -> str:
-    return "-" if v is None else format(v, spec)
 
 
 def format_table(r: dict[str, Any]) -> str:
