@@ -181,8 +181,8 @@ def test_storage_bytes_count_the_checkpoints_tune_deleted(tmp_path):
 @pytest.mark.slow
 def test_part_4_measures_overhead_and_storage_beside_checkpoints_every_epoch(tmp_path, isolated_ray):
     path = tmp_path / "bench.json"
-    proc = subprocess.run([sys.executable, "-m", "tune_cifar.bench", "--skip-augment", "--skip-train", "--skip-pack", "--skip-fused",
-                           "--tune-trials", "2", "--tune-epochs", "2", "--tune-images", "16", "--tune-rounds", "1",
+    proc = subprocess.run([sys.executable, "-m", "tune_cifar.bench", "--skip-augment", "--skip-train", "--skip-pack",
+                           "--skip-fused", "--tune-trials", "2", "--tune-epochs", "2", "--tune-images", "16", "--tune-rounds", "1",
                            "--json", str(path)], capture_output=True, text=True, timeout=600, env=isolated_ray.env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(path.read_text())
