@@ -35,9 +35,19 @@ def strategies(meta: dict[str, dict]) -> dict[str, tuple[str, str]]:
     out = {label: (f"{CHAIN} ({m['chain']})", label.rsplit("/", 1)[0]) for label, m in chained.items()}
     for label, m in meta.items():
         if label not in chained and asked and asked <= set(m.get("space") or {}):
-            seed = (m.get("search") or {}).get("search_seed", 0)
-            out[label] = (f"{m.get('strategy') or 'grid'} ({m.get('study', label)})", f"{label} (search seed {seed})")
+            plan = m.get("search") or {}
+            where = "; ".join([m.get("study", label), *_scheduler_settings(plan)])
+            out[label] = (f"{m.get('strategy') or 'grid'} ({where})", f"{label} (search seed {plan.get('search_seed', 0)})")
     return out
+
+
+def _scheduler_settings(plan: dict) -> list[str]:
+    """What tells two runs of one scheduler apart (ASHA at grace 2 and at grace 4 are two strategies)."""
+    if plan.get("scheduler") == "asha" and plan.get("grace_period"):
+        return [f"grace {plan['grace_period']}, reduction {plan.get('reduction_factor', 4)}"]
+    if plan.get("scheduler") == "pbt" and plan.get("perturbation_interval"):
+        return [f"every {plan['perturbation_interval']} epochs"]
+    return []
 
 
 def budget(df: pd.DataFrame, meta: dict[str, dict], metric: str = "val_acc", mode: str = "max") -> pd.DataFrame:

@@ -78,3 +78,15 @@ def test_first_to_reach_the_chains_final_accuracy(results):
     t = budget.table(b).set_index("strategy")
     assert t.loc["TPE + ASHA (joint)", "runs"] == 2 and t.loc["TPE + ASHA (joint)", "best_val_acc"] == pytest.approx(0.63)
     assert t.loc["greedy chain (all)", "test_acc_of_best"] == pytest.approx(0.59)
+
+
+def test_one_scheduler_at_two_settings_is_two_strategies(results):
+    df, meta = results
+    asha = {"search": "optuna", "scheduler": "asha", "reduction_factor": 3}
+    meta["joint"]["search"] = {**asha, "grace_period": 1, "search_seed": 0}
+    meta["joint2"]["search"] = {**asha, "grace_period": 4, "search_seed": 0}
+    b = budget.budget(df, meta)
+    assert set(b["strategy"]) == {"greedy chain (all)", "TPE + ASHA (joint; grace 1, reduction 3)",
+                                  "TPE + ASHA (joint; grace 4, reduction 3)"}
+    t = budget.table(b).set_index("strategy")
+    assert t.loc["TPE + ASHA (joint; grace 4, reduction 3)", "runs"] == 1  # not pooled with grace 1
