@@ -10,8 +10,8 @@ from torch import nn
 from tune_cifar import models
 from tune_cifar.config import ConfigError, TrainConfig
 from tune_cifar.data import read_cifar100, write_synthetic
-from tune_cifar.fused import (FusedState, compatible, fuse_models, fused_sgd_, group_configs, train_fused,
-                              unsupported_fields)
+from tune_cifar.fused import FusedState, compatible, group_configs, train_fused, unsupported_fields
+from tune_cifar.fusion import fuse_models, fused_sgd_
 from tune_cifar.bench.fused import bench_fused, bench_methods, format_fused
 from tune_cifar.train import CheckpointMismatch, TrainState, resolve_runtime, train
 

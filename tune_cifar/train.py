@@ -146,7 +146,7 @@ class OutOfMemory(MemoryError):
     """The device ran out of memory; the message says which knobs give a trial more room."""
 
 
-def _is_oom(e: BaseException) -> bool:
+def is_oom(e: BaseException) -> bool:
     text = str(e)
     oom_types = tuple(t for t in (getattr(torch, "OutOfMemoryError", None),  # torch >= 2.5
                                   getattr(torch.cuda, "OutOfMemoryError", None)) if t is not None)
@@ -160,7 +160,7 @@ def train(cfg: TrainConfig, data: CifarData | DeviceData, on_epoch: EpochCallbac
     try:
         return _train(cfg, data, on_epoch, resume_from)
     except (RuntimeError, MemoryError) as e:
-        if not _is_oom(e):
+        if not is_oom(e):
             raise
         in_use = (f", {torch.cuda.memory_reserved() / 2**30:.1f} GiB reserved by this process"
                   if torch.cuda.is_available() and torch.cuda.is_initialized() else "")

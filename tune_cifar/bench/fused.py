@@ -37,7 +37,8 @@ import torch.nn.functional as F
 from tune_cifar.bench.common import fmt, peak_mib, reset_peak, run_workers, timed_worker
 from tune_cifar.config import TrainConfig
 from tune_cifar.data import NUM_CLASSES, CifarData, DeviceData, synthetic_images
-from tune_cifar.fused import FusedState, GroupPlan, fused_batches, fused_step, fused_sgd_, resolve_group, train_fused
+from tune_cifar.fused import FusedState, GroupPlan, fused_batches, fused_step, resolve_group, train_fused
+from tune_cifar.fusion import fused_sgd_
 from tune_cifar.models import build_model
 from tune_cifar.train import pick_device, train
 
