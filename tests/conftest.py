@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 
 from pathlib import Path
 
@@ -105,3 +106,25 @@ def run_checked(cmd, **kw):
     proc = subprocess.run(cmd, capture_output=True, text=True, **kw)
     assert proc.returncode == 0, f"{cmd} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc
+
+
+def kill_when(driver: subprocess.Popen, ready, what: str, timeout_s: float = 300):
+    """SIGKILL `driver` as soon as ready() returns something truthy (polled every 0.2 s), and return that.
+
+    ready() should read Tune's saved experiment state (tune_statuses), which is what a resume restores
+    from, so a test's assertions about what resume reruns depend on that state and not on timing.
+    """
+    deadline = time.time() + timeout_s
+    value = None
+    try:
+        while time.time() < deadline and driver.poll() is None and not value:
+            value = ready()
+            if not value:
+                time.sleep(0.2)
+        assert value, f"{what} before the deadline (driver exit code {driver.poll()})"
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait()
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    return value

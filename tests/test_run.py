@@ -2,7 +2,6 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -12,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import free_port, ray_cli, run_checked, run_cli, tune_statuses
+from conftest import free_port, kill_when, ray_cli, run_checked, run_cli, tune_statuses
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -154,22 +153,13 @@ def test_resume_after_the_driver_is_killed(tmp_path, isolated_ray):
            "--gpus-per-trial", "0", "--storage-path", str(tmp_path)]
     driver = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=isolated_ray.env)
     experiment = tmp_path / "lr"
-    deadline = time.time() + 300
-    done = []
-    try:
-        # Kill once Tune's saved experiment state records a finished trial: that is what --resume restores
-        # from, so the assertion below ("a finished trial is not rerun") depends on it and not on timing.
-        while time.time() < deadline and driver.poll() is None and not done:
-            finished = {tid for tid, status in tune_statuses(experiment).items() if status == "TERMINATED"}
-            done = [p for p in experiment.glob("*/result.json")
-                    if any(tid in p.parent.name for tid in finished) and '"epoch": 3' in p.read_text()]
-            time.sleep(0.2)
-        assert done, "no trial finished (in Tune's saved state) before the deadline"
-        os.kill(driver.pid, signal.SIGKILL)
-        driver.wait()
-    finally:
-        if driver.poll() is None:
-            driver.kill()
+
+    def a_finished_trial():
+        finished = {tid for tid, status in tune_statuses(experiment).items() if status == "TERMINATED"}
+        return [p for p in experiment.glob("*/result.json")
+                if any(tid in p.parent.name for tid in finished) and '"epoch": 3' in p.read_text()]
+
+    done = kill_when(driver, a_finished_trial, "no trial finished (in Tune's saved state)")
     finished_before = {p.parent.name: p.read_text() for p in done}
     assert not (experiment / "results.parquet").exists()
 
@@ -309,18 +299,8 @@ def test_resume_of_a_fused_study_after_the_driver_is_killed(tmp_path, isolated_r
            "--max-concurrent", "1", "--gpus-per-trial", "0", "--checkpoint-every", "1", "--storage-path", str(tmp_path)]
     driver = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=isolated_ray.env)
     experiment = tmp_path / "lr"
-    deadline = time.time() + 300
-    finished = set()
-    try:
-        while time.time() < deadline and driver.poll() is None and not finished:
-            finished = {t for t, s in tune_statuses(experiment).items() if s == "TERMINATED"}
-            time.sleep(0.2)
-        assert finished, "no group finished (in Tune's saved state) before the deadline"
-        os.kill(driver.pid, signal.SIGKILL)
-        driver.wait()
-    finally:
-        if driver.poll() is None:
-            driver.kill()
+    finished = kill_when(driver, lambda: {t for t, s in tune_statuses(experiment).items() if s == "TERMINATED"},
+                         "no group finished (in Tune's saved state)")
     done = {p.parent.name: p.read_text() for p in experiment.glob("*/epochs.json")
             if any(t in p.parent.name for t in finished)}
     proc = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=600, env=isolated_ray.env)

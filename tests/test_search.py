@@ -2,17 +2,15 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 import search_spaces
-from conftest import run_cli, tune_statuses
+from conftest import kill_when, run_cli, tune_statuses
 from tune_cifar.config import ConfigError, TrainConfig
 from tune_cifar.search import SearchPlan, asha_expected_trial_epochs, check, describe, validate_space
 from tune_cifar.studies import StudyError, load_study
@@ -221,19 +219,12 @@ def test_resume_after_sigkill_keeps_the_searcher(tmp_path, isolated_ray, sampled
            "--storage-path", str(tmp_path / "r")]
     experiment = tmp_path / "r" / sampled_study
     driver = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    deadline = time.time() + 300
-    try:
-        while time.time() < deadline and driver.poll() is None:
-            ended = [t for t, s in tune_statuses(experiment).items() if s == "TERMINATED"]
-            if len(ended) >= 2:  # Tune's saved state (what a restore starts from) holds two ended trials
-                break
-            time.sleep(0.2)
-        assert len(ended) >= 2, "two trials did not end before the deadline"
-        os.kill(driver.pid, signal.SIGKILL)
-        driver.wait()
-    finally:
-        if driver.poll() is None:
-            driver.kill()
+
+    def two_ended_trials():  # in Tune's saved state, what a restore starts from
+        ended = [t for t, s in tune_statuses(experiment).items() if s == "TERMINATED"]
+        return ended if len(ended) >= 2 else None
+
+    ended = kill_when(driver, two_ended_trials, "two trials did not end")
     before = {p.parent.name: p.read_text() for p in experiment.glob("*/result.json")
               if any(t in p.parent.name for t in ended)}
     # resumed with the study and the storage alone: the search plan and the rest come from the experiment

@@ -12,7 +12,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import ray
 import torch
@@ -101,13 +101,7 @@ def train_trial(config: dict[str, Any], data: CifarData, options: TrialOptions =
         if due:
             saved_at = time.monotonic()
 
-    try:
-        train(cfg, splits, report, resume_from)
-    except CheckpointMismatch as e:
-        if resume_from is None:
-            raise
-        print(f"[{options.study}] checkpoint ignored, starting over: {e}", file=sys.stderr)
-        train(cfg, splits, report, None)
+    _start_over_on_mismatch(lambda resume: train(cfg, splits, report, resume), resume_from, options.study)
 
 
 def train_group(config: dict[str, Any], data: CifarData, options: TrialOptions = TrialOptions()) -> None:
@@ -152,13 +146,18 @@ def train_group(config: dict[str, Any], data: CifarData, options: TrialOptions =
         if due:
             saved_at = time.monotonic()
 
+    _start_over_on_mismatch(lambda resume: train_fused(cfgs, splits, report, resume), resume_from, options.study)
+
+
+def _start_over_on_mismatch(run: Callable[[Any], None], resume_from: Any, study: str) -> None:
+    """run(resume_from); a checkpoint that belongs to another configuration is said and set aside."""
     try:
-        train_fused(cfgs, splits, report, resume_from)
+        run(resume_from)
     except CheckpointMismatch as e:
         if resume_from is None:
             raise
-        print(f"[{options.study}] checkpoint ignored, starting the group over: {e}", file=sys.stderr)
-        train_fused(cfgs, splits, report, None)
+        print(f"[{study}] checkpoint ignored, starting over: {e}", file=sys.stderr)
+        run(None)
 
 
 def _report(result: dict[str, Any], state_dict: dict[str, Any] | None) -> None:
