@@ -16,7 +16,7 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
-from tune_cifar import schema
+from tune_cifar import ranking, schema
 from tune_cifar.results import CONFIG_FIELDS, member_trials, read_trial_records, trial_status
 from tune_cifar.storage import read_text
 from tune_cifar.schema import CONFIGURATION_FIELDS as IDENTITY_FIELDS, EVENTS, METRICS
@@ -169,6 +169,7 @@ def _member_rows(folder: Path, meta: dict[str, Any], trial_id: str, member: int 
     rows.insert(0, "study", meta["study"])
     rows.insert(1, "trial_id", trial_id)
     rows.insert(2, "seed", config.get("seed"))
+    rows["diverged"] = ranking.diverged_epochs(rows)
     rows.insert(3, "status", _trial_status(folder, rows, config, ended))
     for name in CONFIG_FIELDS:
         rows[f"config/{name}"] = config.get(name)
@@ -206,10 +207,10 @@ def _normalise(df: pd.DataFrame, meta: dict[str, Any]) -> pd.DataFrame:
     df["epoch"] = pd.to_numeric(df["epoch"], errors="coerce").astype("Int64")  # <NA>: a trial with no results
     # a trial restarted from a checkpoint reports the epochs after it again; the later report stands
     df = df.drop_duplicates(["trial_id", "epoch"], keep="last")
-    df["diverged"] = df["diverged"].astype("boolean").fillna(False).astype(bool)
-    df["status"] = _current_statuses(df)
     for name in [m for m in METRICS if m not in ("epoch", "diverged")] + ["resources/cpu", "resources/gpu"]:
         df[name] = pd.to_numeric(df[name], errors="coerce").astype(float)
+    df["diverged"] = ranking.diverged_epochs(df)  # results written before the exploded-loss rule get it too
+    df["status"] = _current_statuses(df)
     return df
 
 
@@ -221,7 +222,8 @@ def _current_statuses(df: pd.DataFrame) -> pd.Series:
             last = None if g["epoch"].isna().all() else int(g["epoch"].max())
             status[g.index] = trial_status(last, int(g["config/epochs"].iloc[0]), bool(g["diverged"].any()),
                                            errored=False, ended=True)
-    return status
+    exploded = df.groupby("trial_id")["diverged"].transform("any")  # by ranking's rule, whatever was recorded
+    return status.mask(exploded & (status == schema.FINISHED), schema.DIVERGED)
 
 
 def _column_order(df: pd.DataFrame) -> list[str]:

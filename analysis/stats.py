@@ -12,7 +12,7 @@ from scipy import stats
 
 from analysis.loading import IDENTITY_FIELDS, configuration_labels
 from tune_cifar import ranking
-from tune_cifar.schema import DIVERGED, ERROR, FINAL_METRICS, INCOMPLETE, STOPPED_EARLY
+from tune_cifar.schema import DIVERGED, ERROR, FINAL_METRICS, FINISHED, INCOMPLETE, STOPPED_EARLY
 CONFIDENCE = 0.95
 GROUP = ["experiment", "study", "configuration"]
 
@@ -64,9 +64,10 @@ def _trial_row(g: pd.DataFrame) -> dict:
     first = g.iloc[0]
     epochs = g.dropna(subset=["epoch"])
     planned = int(first["config/epochs"])
-    status = str(first["status"])
     seen = set(epochs["epoch"].astype(int))
-    diverged = bool(g["diverged"].any())
+    diverged_at = ranking.diverged_epochs(epochs)  # a hand-built frame is held to the same rule as load()'s
+    diverged = bool(diverged_at.any())
+    status = DIVERGED if diverged and first["status"] == FINISHED else str(first["status"])
     reached = max(seen, default=0)
     # a trial that stopped on purpose (diverged, or by a scheduler) owes only the epochs up to where it stopped
     owed = reached if status in (DIVERGED, STOPPED_EARLY) else planned
@@ -74,11 +75,11 @@ def _trial_row(g: pd.DataFrame) -> dict:
     counted = ranking.counts(status)
     gpu = g["resources/gpu"].fillna(0) if "resources/gpu" in g else 0.0
     cpu = g["resources/cpu"].fillna(0) if "resources/cpu" in g else 0.0
-    row = {k: first[k] for k in GROUP + ["trial_id", "seed", "status"]}
+    row = {k: first[k] for k in GROUP + ["trial_id", "seed"]} | {"status": status}
     row.update({c: first[c] for c in g.columns if c.startswith("config/")})
     row.update(epochs_planned=planned, epochs_done=len(seen), last_epoch=reached,
                missing_epochs=",".join(map(str, missing)), diverged=diverged,
-               diverged_epoch=int(epochs.loc[epochs["diverged"], "epoch"].min()) if diverged else math.nan,
+               diverged_epoch=int(epochs.loc[diverged_at, "epoch"].min()) if diverged else math.nan,
                finished=counted, stopped_early=status == STOPPED_EARLY,
                incomplete=bool(missing) or status in (ERROR, INCOMPLETE))
     last = epochs.iloc[-1] if len(epochs) else None

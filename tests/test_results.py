@@ -76,3 +76,37 @@ def test_precision_is_resolved_once_per_trial():
     again = resolve_once(auto, "bf16", has_gpu=False)
     assert (again.device, again.precision) == ("cpu", "bf16")
     assert resolve_once(TrainConfig(precision="fp32"), "bf16", has_gpu=False).precision == "fp32"  # explicit stays
+
+
+def _trial(trial_id, lr, epochs, val_acc, val_loss, status_epochs=None, **extra):
+    """One trial through the runner's recording path (trial_frame): `epochs` epochs, the given final metrics."""
+    config = TrainConfig(epochs=epochs, lr=lr).to_dict()
+    records = [{"epoch": e, "lr": lr, "train_loss": 2.0, "train_acc": 0.5, "val_loss": val_loss if e == epochs else 3.0,
+                "val_acc": val_acc if e == epochs else val_acc / 2, "diverged": False, "epoch_s": 10.0,
+                **({"test_loss": val_loss, "test_acc": val_acc} if e == epochs else {}), **extra}
+               for e in range(1, (status_epochs or epochs) + 1)]
+    return trial_frame("lr", trial_id, config, records, errored=False, ended=True, resources={"cpu": 1, "gpu": 0})
+
+
+def test_an_exploded_but_finite_loss_is_diverged_and_never_wins(tmp_path):
+    import analysis
+    from tune_cifar.ranking import EXPLODED_LOSS
+    from tune_cifar.results import final_table, winner
+
+    # the 1-epoch run the issue saw: lr 0.5 "won" with val_loss 31,082 nats (chance is ln(100) = 4.6)
+    df = combine([_trial("a", 0.05, 1, 0.40, 2.5), _trial("b", 0.5, 1, 0.45, 31_082.0),
+                  _trial("c", 0.1, 1, 0.30, EXPLODED_LOSS * 0.99)])
+    assert df.groupby("trial_id")["status"].first().to_dict() == {"a": "finished", "b": "diverged", "c": "finished"}
+    table = final_table(df, ["lr"], "val_acc", "max")
+    assert table["lr"].tolist() == [0.05, 0.1, 0.5] and table.set_index("lr")["diverged"].to_dict() == \
+        {0.05: False, 0.1: False, 0.5: True}
+    assert winner(df, ["lr"], "val_acc", "max") == {"lr": 0.05}
+
+    # results written before the rule (status "finished") are read by it too, through analysis.load
+    (tmp_path / "lr").mkdir()
+    df.assign(status="finished", diverged=False).to_parquet(tmp_path / "lr" / "results.parquet")
+    loaded = analysis.load(tmp_path / "lr")
+    s = analysis.summary(loaded)
+    assert analysis.ranked(s, keys=["config/lr"])["config/lr"].tolist() == [0.05, 0.1, 0.5]
+    assert s.set_index("config/lr").loc[0.5, ["diverged", "n_diverged"]].tolist() == [True, 1]
+    assert loaded.groupby("trial_id")["status"].first()["b"] == "diverged"

@@ -21,6 +21,7 @@ from typing import Any, Sequence, TextIO
 
 from ray import tune
 
+from tune_cifar import ranking
 from tune_cifar.results import RECORD_FILE, parse_records, records_of
 from tune_cifar.storage import join, read_text, write_atomic
 
@@ -61,7 +62,8 @@ class StudyProgress(tune.Callback):
                       else [(result, trial.config)])
         for metrics, config in candidates:
             value = metrics.get(self.metric)
-            if value is None or not math.isfinite(value) or metrics.get("diverged"):
+            if value is None or not math.isfinite(value) or metrics.get("diverged") \
+                    or ranking.exploded([metrics.get(k) for k in ranking.LOSSES]).any():
                 continue
             if self.best is None or (value > self.best[0] if self.mode == "max" else value < self.best[0]):
                 self.best = (value, ", ".join(f"{k}={_short(config.get(k))}" for k in self.keys))

@@ -1,10 +1,13 @@
 """The one rule that ranks a study's configurations; the runner's winner and the report's use it. Torch-free.
 
 - Which trials count: those that ended on purpose, i.e. reached their final epoch (`finished`) or
-  stopped because their loss turned non-finite (`diverged`). Crashed (`error`), interrupted
+  diverged (`diverged`). Crashed (`error`), interrupted
   (`incomplete`) and scheduler-stopped (`stopped_early`) trials do not count: their last epoch
   is not the final one, so averaging it in would compare a configuration at epoch 3 with one at
   epoch 300. A scheduler's survivors reached their final epoch and count as `finished`.
+- A trial diverged when, at any epoch, its training or validation loss is NaN or infinite (the trainer
+  stops it there) or above EXPLODED_LOSS, ten times chance (a finite loss of 31,082 nats is a run that
+  blew up, even though training goes on): see diverged_epochs.
 - A configuration's score is the mean over its counted trials (seeds) of the final-epoch metric.
   A configuration with no counted trial is not ranked.
 - A configuration with a diverged seed ranks below every configuration without one, whatever its
@@ -18,15 +21,40 @@ from __future__ import annotations
 import math
 from typing import Any, Sequence
 
+import numpy as np
 import pandas as pd
 
 from tune_cifar.schema import DIVERGED, FINISHED
 
 COUNTED = (FINISHED, DIVERGED)
+# Chance cross-entropy is ln(100) = 4.6 nats (a uniform guess over the network's 100 outputs; every
+# model has 100, whatever the data). A trained or even an overfitted network stays well under 10x that;
+# a loss above it means the weights blew up, and its accuracy is luck.
+CHANCE_LOSS = math.log(100)
+EXPLODED_LOSS = 10 * CHANCE_LOSS  # nats, ~46
+LOSSES = ("train_loss", "val_loss")
 
 
 def counts(status: str) -> bool:
     return status in COUNTED
+
+
+def exploded(loss: Any) -> Any:
+    """A loss (a number or an array) that is infinite or above EXPLODED_LOSS; NaN is "not recorded" here
+    (a NaN the trainer saw is in its `diverged` flag)."""
+    x = np.asarray(loss, dtype=float)
+    return np.isinf(x) | (x > EXPLODED_LOSS)
+
+
+def diverged_epochs(frame: pd.DataFrame) -> pd.Series:
+    """Per row (a trial's epoch): the trainer's `diverged` flag (loss turned NaN/inf) or an exploded
+    training or validation loss. The runner's results.parquet and the analysis both take it from here."""
+    flagged = frame["diverged"] if "diverged" in frame else pd.Series(False, index=frame.index)
+    out = flagged.astype("boolean").fillna(False).astype(bool)
+    for name in LOSSES:
+        if name in frame:
+            out = out | exploded(pd.to_numeric(frame[name], errors="coerce"))
+    return out
 
 
 def score_configurations(trials: pd.DataFrame, keys: Sequence[str], metric: str) -> pd.DataFrame:
@@ -36,7 +64,7 @@ def score_configurations(trials: pd.DataFrame, keys: Sequence[str], metric: str)
     (any counted trial diverged).
     """
     t = trials.assign(_counted=trials["status"].map(counts),
-                      _diverged=trials["status"] == DIVERGED,
+                      _diverged=(trials["status"] == DIVERGED) | diverged_epochs(trials),
                       _value=pd.to_numeric(trials[metric], errors="coerce"))
     t["_counted_value"] = t["_value"].where(t["_counted"])
     grouped = t.groupby(list(keys), dropna=False, sort=False)

@@ -115,7 +115,9 @@ def trial_frame(study: str, trial_id: str, config: dict[str, Any], records: list
     frame = pd.DataFrame(rows, columns=[*METRICS, *EVENTS, *RUNTIME_KEYS])
     if not frame.empty:
         frame = frame.drop_duplicates("epoch", keep="last").sort_values("epoch")
-    diverged = bool(frame["diverged"].fillna(False).astype(bool).any()) if not frame.empty else False
+    if not frame.empty:
+        frame["diverged"] = ranking.diverged_epochs(frame)  # NaN/inf (the trainer stopped) or an exploded loss
+    diverged = bool(frame["diverged"].any()) if not frame.empty else False
     last = int(frame["epoch"].max()) if not frame.empty else None
     status = trial_status(last, int(config.get("epochs", 0)), diverged, errored, ended)
     if frame.empty:
