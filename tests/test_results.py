@@ -110,3 +110,26 @@ def test_an_exploded_but_finite_loss_is_diverged_and_never_wins(tmp_path):
     assert analysis.ranked(s, keys=["config/lr"])["config/lr"].tolist() == [0.05, 0.1, 0.5]
     assert s.set_index("config/lr").loc[0.5, ["diverged", "n_diverged"]].tolist() == [True, 1]
     assert loaded.groupby("trial_id")["status"].first()["b"] == "diverged"
+
+
+def test_the_printed_table_shows_a_stopped_trial_where_the_scheduler_stopped_it():
+    from tune_cifar.results import final_table, format_table, winner
+
+    # ASHA let lr 0.05 run its 4 epochs and cut lr 0.5 and 0.01 after epoch 1 (an epoch's val_acc is half
+    # the final one before the last epoch, so lr 0.5 was at 0.45 there)
+    df = combine([_trial("a", 0.05, 4, 0.40, 2.5), _trial("b", 0.5, 4, 0.90, 2.0, status_epochs=1),
+                  _trial("c", 0.01, 4, 0.10, 4.0, status_epochs=1)])
+    assert df.groupby("trial_id")["status"].first().to_dict() == {"a": "finished", "b": "stopped_early",
+                                                                   "c": "stopped_early"}
+    table = final_table(df, ["lr"], "val_acc", "max").set_index("lr")
+    # what ASHA saw at epoch 1 (val_acc is half the final value there), not NaN
+    assert table.loc[0.5, ["seeds", "trials", "epochs"]].tolist() == [0, 1, 1]
+    assert table.loc[0.5, "val_acc"] == pytest.approx(0.45) and table.loc[0.01, "val_acc"] == pytest.approx(0.05)
+    assert table.loc[0.5, "status"] == "stopped early at epoch 1 (not ranked)"
+    assert table.loc[0.05, "status"] == "finished"
+    # still out of the ranking: 0.45 at epoch 1 is not a final-epoch score, the finished 0.40 wins
+    assert table["winner"].to_dict() == {0.05: "*", 0.5: "", 0.01: ""} and table.index.tolist()[0] == 0.05
+    assert winner(df, ["lr"], "val_acc", "max") == {"lr": 0.05}
+    printed = format_table(final_table(df, ["lr"], "val_acc", "max"))
+    stopped = [line for line in printed.splitlines() if "stopped early at epoch 1" in line]
+    assert len(stopped) == 2 and any("0.4500" in line for line in stopped)  # test metrics exist at the last epoch only

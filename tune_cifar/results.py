@@ -160,20 +160,39 @@ def last_rows(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def final_table(df: pd.DataFrame, keys: Sequence[str], metric: str, mode: str) -> pd.DataFrame:
-    """One row per configuration: final metrics averaged over the trials ranking.py counts, best first."""
+    """One row per configuration: final metrics averaged over the trials ranking.py counts, best first.
+
+    A configuration with no counted trial (a scheduler stopped it, it crashed) shows the mean of what
+    its trials reached at their last epoch, what ASHA saw when it cut them, and `status` says so; it
+    stays unranked.
+    """
     cols = [f"config/{k}" for k in keys]
     last = last_rows(df)
     scored = ranking.score_configurations(last, cols, metric)
-    counted = last[last["status"].map(ranking.counts)]
-    means = counted.groupby(cols, dropna=False)[list(FINAL_METRICS)].mean()
+    counted = last["status"].map(ranking.counts)
+    any_counted = counted.groupby([last[c] for c in cols], dropna=False).transform("any")
+    shown = last[counted | ~any_counted]
+    means = shown.groupby(cols, dropna=False)[list(FINAL_METRICS)].mean()
     table = scored.merge(means, left_on=cols, right_index=True, how="left")
     epochs = last.groupby(cols, dropna=False)["epoch"].max().rename("epochs")
     table = table.merge(epochs, left_on=cols, right_index=True, how="left")
+    status = shown.groupby(cols, dropna=False)[["status", "epoch"]].apply(_status_note).rename("status")
+    table = table.merge(status, left_on=cols, right_index=True, how="left")
     table = ranking.rank(table, cols, mode)
     table["winner"] = ["*" if r == 1 else "" for r in table["rank"]]
     table = table.rename(columns={c: c.removeprefix("config/") for c in cols})
     table = table.rename(columns={"n_counted": "seeds", "n_trials": "trials"})
-    return table[[*keys, "seeds", "trials", "epochs", "diverged", *FINAL_METRICS, "winner"]].reset_index(drop=True)
+    return table[[*keys, "seeds", "trials", "epochs", "diverged", *FINAL_METRICS, "status", "winner"]].reset_index(drop=True)
+
+
+def _status_note(trials: pd.DataFrame) -> str:
+    """`finished`, `diverged`, or for a configuration none of whose trials counts, where they ended:
+    `stopped early at epoch 2 (not ranked)`."""
+    if trials["status"].map(ranking.counts).any():
+        return DIVERGED if (trials["status"] == DIVERGED).any() else FINISHED
+    ends = sorted({(str(s).replace("_", " "), e) for s, e in zip(trials["status"], trials["epoch"])},
+                  key=lambda se: (se[0], -1 if pd.isna(se[1]) else se[1]))
+    return "; ".join(f"{s} at epoch {int(e)}" if pd.notna(e) else f"{s}, no epoch" for s, e in ends) + " (not ranked)"
 
 
 def winner(df: pd.DataFrame, keys: Sequence[str], metric: str, mode: str) -> dict[str, Any] | None:
