@@ -170,3 +170,36 @@ def test_the_fixed_line_leaves_out_settings_no_trial_used(tmp_path):
     # one of its trials ran the step schedule: its milestones and gamma were in force
     assert "step_milestones=" in schedules_fixed and "step_gamma=" in schedules_fixed
     assert "warmup_epochs=" not in schedules_fixed and "lr=" in schedules_fixed
+
+
+def _ranking_rows(md: str) -> list[list[str]]:
+    section = md.split("## Every configuration, ranked")[1].split("\n## ")[0]
+    return [[c.strip() for c in line.strip("|").split("|")] for line in section.splitlines()
+            if line.startswith("| ") and not line.startswith("| rank") and not line.startswith("| ---")]
+
+
+def test_the_ranked_section_takes_the_reports_best_on_every_field_and_ranks_by_the_one_rule(tmp_path):
+    report_best = {"lr": 0.05, "schedule": "cosine", "weight_decay": 0.0005}
+    # the report's best is the mixup study's alpha 0.2 (2 seeds); the smoothing and dropout studies
+    # carry mixup 0.2 too, with 3 seeds, but are not it
+    write_study(tmp_path, "mixup", {"mixup_alpha": [0.0, 0.2]}, seeds=(0, 1), carried=report_best)
+    write_study(tmp_path, "smoothing", {"label_smoothing": [0.1, 0.2]}, seeds=(0, 1, 2),
+                carried={**report_best, "mixup_alpha": 0.2})
+    write_study(tmp_path, "dropout", {"dropout": [0.2]}, seeds=(0, 1, 2), carried={**report_best, "mixup_alpha": 0.2})
+    # label smoothing 0.2 has the best mean (0.41 against alpha 0.2's 0.405), but one seed's final
+    # validation loss exploded: it diverged, and ranks last
+    trial = next((tmp_path / "smoothing").glob("train_smoothing_00001_0_*"))
+    lines = (trial / "result.json").read_text().splitlines()
+    last = json.loads(lines[-1])
+    (trial / "result.json").write_text("\n".join(lines[:-1] + [json.dumps({**last, "val_loss": 31082.0})]) + "\n")
+
+    md = write_report(tmp_path, log=lambda msg: None)["markdown"].read_text()
+    assert "ours of it: mixup: mixup_alpha=0.2, 2 seed(s)" in md
+    rows = _ranking_rows(md)
+    order = [(r[1], r[2]) for r in rows]
+    assert order == [("mixup", "mixup_alpha=0.2"), ("smoothing", "label_smoothing=0.1"), ("dropout", "dropout=0.2"),
+                     ("mixup", "mixup_alpha=off"), ("smoothing", "label_smoothing=0.2")]
+    assert [r[0] for r in rows] == ["1", "2", "3", "4", "5"]
+    reference = rows[0]
+    assert reference[7] == "+0.0000" and reference[8] == ""  # the reference itself: no test against itself
+    assert rows[-1][3] == "3 (1 diverged)"
