@@ -17,9 +17,9 @@ import numpy as np
 import pandas as pd
 
 from tune_cifar import ranking, schema
-from tune_cifar.results import CONFIG_FIELDS, member_trials, read_trial_records, trial_status
+from tune_cifar.results import CONFIG_FIELDS, fused_members, member_trials, read_trial_records, trial_status
 from tune_cifar.storage import read_text
-from tune_cifar.schema import CONFIGURATION_FIELDS as IDENTITY_FIELDS, EVENTS, METRICS
+from tune_cifar.schema import CONFIGURATION_FIELDS as IDENTITY_FIELDS, COUNTS, EVENTS, METRICS
 
 KEY_COLUMNS = ("experiment", "study", "configuration", "trial_id", "seed", "status")
 # Statuses of results written before schema.STATUSES (Tune's own words); TERMINATED is re-derived.
@@ -162,7 +162,7 @@ def _member_rows(folder: Path, meta: dict[str, Any], trial_id: str, member: int 
                  info: dict[str, Any], ended: bool) -> pd.DataFrame:
     lines = read_trial_records(str(folder), read_text, member)
     config = {**meta.get("base", {}), **params}
-    rows = pd.DataFrame([{m: line.get(m) for m in (*METRICS, *EVENTS)} for line in lines]
+    rows = pd.DataFrame([{m: line.get(m) for m in (*METRICS, *EVENTS, *COUNTS)} for line in lines]
                         or [{m: math.nan for m in METRICS}])
     if lines:
         rows["epoch"] = rows["epoch"].fillna(pd.Series([line.get("training_iteration") for line in lines]))
@@ -203,6 +203,7 @@ def _normalise(df: pd.DataFrame, meta: dict[str, Any]) -> pd.DataFrame:
     for name in ("status", "resources/cpu", "resources/gpu"):
         if name not in df:
             df[name] = "TERMINATED" if name == "status" else np.nan
+    df["fused_members"] = fused_members(df)
     df["trial_id"] = df["trial_id"].astype(str)
     df["epoch"] = pd.to_numeric(df["epoch"], errors="coerce").astype("Int64")  # <NA>: a trial with no results
     # a trial restarted from a checkpoint reports the epochs after it again; the later report stands

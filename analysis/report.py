@@ -373,7 +373,9 @@ def _cost_section(t: pd.DataFrame) -> list[Block]:
     return [Heading(2, "Cost"),
             Para("Trial-hours are the summed epoch times (training plus evaluation) of every trial; GPU-hours "
                  "and CPU-hours multiply each trial's time by the GPUs and CPUs Tune gave it (a quarter GPU "
-                 "for an hour is 0.25 GPU-hours). Start-up and data loading outside epochs are not counted."),
+                 "for an hour is 0.25 GPU-hours); the members of a fused group share each epoch's time and "
+                 "resources equally, so they add up to the group's. Start-up and data loading outside epochs are "
+                 "not counted."),
             Grid(("study", "trials", "epochs run", "trial-hours", "GPU-hours", "CPU-hours"), tuple(rows))]
 
 

@@ -90,9 +90,11 @@ def _trial_row(g: pd.DataFrame) -> dict:
             row[m] = float(present.iloc[-1]) if len(present) else math.nan
         else:
             row[m] = float(last[m]) if last is not None else math.nan
-    row["wall_s"] = float(g["epoch_s"].fillna(0).sum())
-    row["gpu_hours"] = float((g["epoch_s"].fillna(0) * gpu).sum() / 3600)
-    row["cpu_hours"] = float((g["epoch_s"].fillna(0) * cpu).sum() / 3600)
+    # a fused group's members each report the group's epoch time on the group's resources: each pays its share
+    share = g["epoch_s"].fillna(0) / (g["fused_members"].fillna(1) if "fused_members" in g else 1)
+    row["wall_s"] = float(share.sum())
+    row["gpu_hours"] = float((share * gpu).sum() / 3600)
+    row["cpu_hours"] = float((share * cpu).sum() / 3600)
     return row
 
 

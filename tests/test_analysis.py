@@ -226,3 +226,58 @@ def test_summary_of_a_bare_frame_labels_configurations_by_what_varies():
     bare = frame({"a": [0.1, 0.2], "b": [0.3, 0.4]}).drop(columns=["configuration", "experiment"])
     s = analysis.summary(bare)
     assert s["configuration"].tolist() == ["lr=0.01", "lr=0.02"] and s["n_seeds"].tolist() == [2, 2]
+
+
+# --- cost ----------------------------------------------------------------------------------------
+
+def _fused_group_folder(root, epochs=2, epoch_s=1800.0, gpu=1.0):
+    """One fused group of 4 lr values on a whole GPU, as train_group reports it: each epoch one result whose
+    `members` holds every member still training, each with the group's epoch time. Member 3 diverges at
+    epoch 1, so epoch 2 is shared by 3."""
+    folder = root / "lr"
+    folder.mkdir(parents=True)
+    members = [{**BASE, "epochs": epochs, "lr": lr, "seed": 0} for lr in (0.01, 0.02, 0.05, 0.5)]
+    (folder / "study.json").write_text(json.dumps({"study": "lr", "metric": "val_acc", "mode": "max", "fuse": True,
+                                                   "space": {"lr": [m["lr"] for m in members]}, "base": BASE,
+                                                   "resources": {"cpu": 1.0, "gpu": gpu}}))
+    trial = folder / "train_group_00000_2024-01-01_00-00-00"
+    trial.mkdir()
+    (trial / "params.json").write_text(json.dumps({"members": members}))
+    (trial / "run_info.json").write_text(json.dumps({"trial_id": "g0", "resources": {"cpu": 1.0, "gpu": gpu},
+                                                     "members": [{"trial_id": f"g0-{k}", "config": m}
+                                                                 for k, m in enumerate(members)]}))
+    lines = []
+    for epoch in range(1, epochs + 1):
+        reporting = range(4) if epoch == 1 else range(3)
+        group = {str(k): {"epoch": epoch, "lr": members[k]["lr"], "train_loss": 1.0, "train_acc": 0.5,
+                          "val_loss": 2.0, "val_acc": 0.1 * (k + 1), "diverged": k == 3, "epoch_s": epoch_s,
+                          "images_per_s": 1.0, "timestamp": 1000.0 * epoch,
+                          **({"test_loss": 2.0, "test_acc": 0.1} if epoch == epochs or k == 3 else {})}
+                 for k in reporting}
+        lines.append({"epoch": epoch, "val_acc": 0.3, "val_loss": 2.0, "members": group, "training_iteration": epoch,
+                      "trial_id": "g0"})
+    (trial / "result.json").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return folder, trial, lines
+
+
+def test_a_fused_group_costs_its_own_gpu_hours_split_among_its_members(tmp_path):
+    from types import SimpleNamespace
+
+    from analysis.report import build
+    from tune_cifar.experiment import results_frame
+
+    folder, trial, lines = _fused_group_folder(tmp_path)  # one GPU for 2 x 1800 s: 1 GPU-hour in all
+    t = analysis.trials(analysis.load(folder))
+    assert len(t) == 4 and t["gpu_hours"].sum() == pytest.approx(1.0) and t["wall_s"].sum() == pytest.approx(3600)
+    # epoch 1 shared by 4, epoch 2 by the 3 still training
+    assert t.set_index("trial_id")["gpu_hours"].to_dict() == pytest.approx(
+        {"g0-0": 0.125 + 1 / 6, "g0-1": 0.125 + 1 / 6, "g0-2": 0.125 + 1 / 6, "g0-3": 0.125})
+    cost = build(tmp_path, log=lambda msg: None).blocks[-1]
+    assert cost.header[4] == "GPU-hours" and cost.cells[-1][0] == "total" and cost.cells[-1][4] == "1.000"
+
+    # the runner's results.parquet (its frame from Tune's results) splits it the same way
+    grid = [SimpleNamespace(metrics={"trial_id": "g0"}, path=str(trial), error=None,
+                            config=json.loads((trial / "params.json").read_text()))]
+    df = results_frame(grid, SimpleNamespace(name="lr"), {"cpu": 1.0, "gpu": 1.0})
+    assert sorted(df.loc[df["epoch"] == 2, "fused_members"]) == [3, 3, 3]
+    assert analysis.trials(df.assign(experiment="lr"))["gpu_hours"].sum() == pytest.approx(1.0)

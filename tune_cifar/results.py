@@ -16,7 +16,7 @@ import pandas as pd
 from tune_cifar import ranking
 from tune_cifar.config import TrainConfig
 from tune_cifar.storage import join
-from tune_cifar.schema import DIVERGED, ERROR, EVENTS, FINAL_METRICS, FINISHED, INCOMPLETE, METRICS, STOPPED_EARLY
+from tune_cifar.schema import COUNTS, DIVERGED, ERROR, EVENTS, FINAL_METRICS, FINISHED, INCOMPLETE, METRICS, STOPPED_EARLY
 
 CONFIG_FIELDS = tuple(f.name for f in fields(TrainConfig))
 KEY_COLUMNS = ("study", "trial_id", "seed", "status")
@@ -26,7 +26,7 @@ RECORD_FILE = "epochs.json"  # per trial folder: every epoch's record, kept by p
 
 def record_of(result: dict[str, Any]) -> dict[str, Any]:
     """What we keep of one Tune result: our metrics and events, the resolved runtime, Tune's iteration."""
-    keys = (*METRICS, *EVENTS, *RUNTIME_KEYS, "training_iteration", "trial_id")
+    keys = (*METRICS, *EVENTS, *RUNTIME_KEYS, *COUNTS, "training_iteration", "trial_id")
     return {k: result[k] for k in keys if k in result}
 
 
@@ -35,8 +35,8 @@ def records_of(result: dict[str, Any]) -> list[dict[str, Any]]:
     one per member reporting, tagged with its `member` index; a plain trial's gives one."""
     if not isinstance(result.get("members"), dict):
         return [record_of(result)]
-    return [{**record_of(metrics), "member": int(k), "training_iteration": result.get("training_iteration")}
-            for k, metrics in result["members"].items()]
+    return [{**record_of(metrics), "member": int(k), "training_iteration": result.get("training_iteration"),
+             "fused_members": len(result["members"])} for k, metrics in result["members"].items()]
 
 
 def member_trials(trial_id: str, config: dict[str, Any]) -> list[tuple[str, int | None, dict[str, Any]]]:
@@ -110,9 +110,9 @@ def trial_status(epochs_done: int | None, planned: int, diverged: bool, errored:
 def trial_frame(study: str, trial_id: str, config: dict[str, Any], records: list[dict[str, Any]],
                 errored: bool, ended: bool, resources: dict[str, float]) -> pd.DataFrame:
     """One trial's rows: one per epoch (the last report of an epoch wins), or one empty row."""
-    rows = [{m: r.get(m) for m in (*METRICS, *EVENTS)} | {k: r[k] for k in RUNTIME_KEYS if k in r}
+    rows = [{m: r.get(m) for m in (*METRICS, *EVENTS, *COUNTS)} | {k: r[k] for k in RUNTIME_KEYS if k in r}
             for r in records if r.get("epoch") is not None]
-    frame = pd.DataFrame(rows, columns=[*METRICS, *EVENTS, *RUNTIME_KEYS])
+    frame = pd.DataFrame(rows, columns=[*METRICS, *EVENTS, *COUNTS, *RUNTIME_KEYS])
     if not frame.empty:
         frame = frame.drop_duplicates("epoch", keep="last").sort_values("epoch")
     if not frame.empty:
@@ -138,7 +138,7 @@ def trial_frame(study: str, trial_id: str, config: dict[str, Any], records: list
 
 def combine(frames: Iterable[pd.DataFrame]) -> pd.DataFrame:
     frames = [f for f in frames if not f.empty]
-    columns = [*KEY_COLUMNS, *METRICS, *EVENTS, *(f"config/{n}" for n in CONFIG_FIELDS), "resources/cpu",
+    columns = [*KEY_COLUMNS, *METRICS, *EVENTS, *COUNTS, *(f"config/{n}" for n in CONFIG_FIELDS), "resources/cpu",
                "resources/gpu"]
     if not frames:
         return pd.DataFrame(columns=columns)
@@ -147,7 +147,14 @@ def combine(frames: Iterable[pd.DataFrame]) -> pd.DataFrame:
     df["diverged"] = df["diverged"].astype("boolean").fillna(False).astype(bool)
     for name in EVENTS:
         df[name] = df[name].astype("string") if name in df else pd.Series(pd.NA, index=df.index, dtype="string")
+    df["fused_members"] = fused_members(df)
     return df.sort_values(["trial_id", "epoch"], na_position="first").reset_index(drop=True)
+
+
+def fused_members(df: pd.DataFrame) -> pd.Series:
+    """Members that shared each epoch's cost: the recorded count, 1 where none is (a plain trial, older results)."""
+    recorded = pd.to_numeric(df["fused_members"], errors="coerce") if "fused_members" in df else None
+    return (recorded if recorded is not None else pd.Series(float("nan"), index=df.index)).fillna(1).astype(int)
 
 
 def trials_without_results(df: pd.DataFrame) -> list[str]:

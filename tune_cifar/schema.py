@@ -18,6 +18,11 @@ METRICS = ("epoch", "lr", "weight_decay", "momentum", "mixup_alpha", "train_loss
 # Per-epoch text the trainable reports beside METRICS: the PBT donor whose state an epoch started from
 # (set on the first epoch after an exploit, empty otherwise).
 EVENTS = ("donor",)
+# Per epoch beside METRICS, counted by the driver (results.py), not measured by the loop: `iteration`, the
+# n-th epoch this trial trained (1, 2, ...; PBT's exploits make `epoch` follow the donor's lineage instead),
+# and `fused_members`, how many members of a fused group trained that epoch together (1 for a plain trial):
+# each member's share of the epoch's time and resources is 1 / fused_members.
+COUNTS = ("iteration", "fused_members")
 # Taken at a trial's last epoch for tables and ranking (test metrics exist there only).
 FINAL_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc")
 
