@@ -105,7 +105,7 @@ def load_experiment(folder: Path, label: str) -> pd.DataFrame:
     df = _normalise(df, meta)
     df.insert(0, "experiment", label)
     df["configuration"] = configuration_labels(df, list(meta["space"]))
-    return df[_column_order(df)].sort_values(["trial_id", "epoch"], ignore_index=True)
+    return df[_column_order(df)].sort_values(["trial_id", "iteration"], ignore_index=True)
 
 
 def configuration_labels(df: pd.DataFrame, keys: Iterable[str] = ()) -> pd.Series:
@@ -206,8 +206,12 @@ def _normalise(df: pd.DataFrame, meta: dict[str, Any]) -> pd.DataFrame:
     df["fused_members"] = fused_members(df)
     df["trial_id"] = df["trial_id"].astype(str)
     df["epoch"] = pd.to_numeric(df["epoch"], errors="coerce").astype("Int64")  # <NA>: a trial with no results
-    # a trial restarted from a checkpoint reports the epochs after it again; the later report stands
-    df = df.drop_duplicates(["trial_id", "epoch"], keep="last")
+    if "iteration" not in df or df["iteration"].isna().all():  # results from before `iteration`: one row an epoch
+        # a trial restarted from a checkpoint reports the epochs after it again; the later report stands
+        df = df.drop_duplicates(["trial_id", "epoch"], keep="last")
+        df["iteration"] = df.groupby("trial_id")["epoch"].rank(method="first")
+    df["iteration"] = pd.to_numeric(df["iteration"], errors="coerce").astype("Int64")
+    df = df.drop_duplicates(["trial_id", "iteration", "epoch"], keep="last")
     for name in [m for m in METRICS if m not in ("epoch", "diverged")] + ["resources/cpu", "resources/gpu"]:
         df[name] = pd.to_numeric(df[name], errors="coerce").astype(float)
     df["diverged"] = ranking.diverged_epochs(df)  # results written before the exploded-loss rule get it too

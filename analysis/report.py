@@ -181,7 +181,8 @@ def _table_blocks(table: Table, experiment: str, report: Report) -> list[Block]:
 
 def _figures(experiment: str, study: str, df: pd.DataFrame, meta: dict, report: Report) -> list[Block]:
     name = study_title(study, meta)
-    df = df.dropna(subset=["epoch"])
+    # curves follow each trial's lineage: an epoch a PBT member trained twice is drawn as the second time
+    df = df.dropna(subset=["epoch"]).drop_duplicates(["trial_id", "epoch"], keep="last")
     made = [(figures.study_overlay(df, f"{name} ({experiment}): all configurations"),
              f"{experiment}_overlay", f"{name}: every configuration's curves")]
     for config, g in df.groupby("configuration", sort=False):

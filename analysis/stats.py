@@ -56,7 +56,9 @@ def trials(df: pd.DataFrame) -> pd.DataFrame:
     if "configuration" not in df:
         # a hand-built frame: label by whatever identity field varies within each experiment
         df = df.assign(configuration=pd.concat(configuration_labels(g) for _, g in df.groupby("experiment")))
-    rows = [_trial_row(group.sort_values("epoch")) for _, group in df.groupby(["experiment", "trial_id"], sort=False)]
+    order = "iteration" if "iteration" in df else "epoch"  # a hand-built frame may have one row an epoch only
+    rows = [_trial_row(group.sort_values(order, kind="stable")) for _, group in df.groupby(["experiment", "trial_id"],
+                                                                                         sort=False)]
     return pd.DataFrame(rows)
 
 
@@ -65,19 +67,22 @@ def _trial_row(g: pd.DataFrame) -> dict:
     epochs = g.dropna(subset=["epoch"])
     planned = int(first["config/epochs"])
     seen = set(epochs["epoch"].astype(int))
+    # a PBT clone's epochs before its exploit are its donor's: not missing
+    inherited = int(epochs.loc[epochs["donor"].notna(), "epoch"].max()) - 1 if "donor" in epochs and \
+        epochs["donor"].notna().any() else 0
     diverged_at = ranking.diverged_epochs(epochs)  # a hand-built frame is held to the same rule as load()'s
     diverged = bool(diverged_at.any())
     status = DIVERGED if diverged and first["status"] == FINISHED else str(first["status"])
-    reached = max(seen, default=0)
+    reached = int(epochs["epoch"].iloc[-1]) if len(epochs) else 0  # where its lineage ended
     # a trial that stopped on purpose (diverged, or by a scheduler) owes only the epochs up to where it stopped
     owed = reached if status in (DIVERGED, STOPPED_EARLY) else planned
-    missing = sorted(set(range(1, owed + 1)) - seen)
+    missing = sorted(set(range(inherited + 1, owed + 1)) - seen)
     counted = ranking.counts(status)
     gpu = g["resources/gpu"].fillna(0) if "resources/gpu" in g else 0.0
     cpu = g["resources/cpu"].fillna(0) if "resources/cpu" in g else 0.0
     row = {k: first[k] for k in GROUP + ["trial_id", "seed"]} | {"status": status}
     row.update({c: first[c] for c in g.columns if c.startswith("config/")})
-    row.update(epochs_planned=planned, epochs_done=len(seen), last_epoch=reached,
+    row.update(epochs_planned=planned, epochs_done=len(epochs), last_epoch=reached,  # done: epochs it trained
                missing_epochs=",".join(map(str, missing)), diverged=diverged,
                diverged_epoch=int(epochs.loc[diverged_at, "epoch"].min()) if diverged else math.nan,
                finished=counted, stopped_early=status == STOPPED_EARLY,

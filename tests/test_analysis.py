@@ -281,3 +281,54 @@ def test_a_fused_group_costs_its_own_gpu_hours_split_among_its_members(tmp_path)
     df = results_frame(grid, SimpleNamespace(name="lr"), {"cpu": 1.0, "gpu": 1.0})
     assert sorted(df.loc[df["epoch"] == 2, "fused_members"]) == [3, 3, 3]
     assert analysis.trials(df.assign(experiment="lr"))["gpu_hours"].sum() == pytest.approx(1.0)
+
+
+# --- PBT -----------------------------------------------------------------------------------------
+
+def _pbt_result(trial_id, epoch, donor=None, epoch_s=600.0):
+    return {"epoch": epoch, "lr": 0.05, "train_loss": 1.0, "train_acc": 0.5, "val_loss": 2.0, "val_acc": 0.01 * epoch,
+            "diverged": False, "epoch_s": epoch_s, "images_per_s": 1.0, "timestamp": 0.0, "donor": donor,
+            "trial_id": trial_id, "training_iteration": epoch, **({"test_loss": 2.0, "test_acc": 0.5} if epoch == 6 else {})}
+
+
+def test_pbt_members_count_the_epochs_they_trained_and_miss_none_they_skipped(tmp_path):
+    from types import SimpleNamespace
+
+    from tune_cifar.experiment import results_frame
+    from tune_cifar.progress import EpochRecorder
+
+    # 6-epoch members, each epoch 600 s on a whole GPU. `behind` trains 1-5, clones `ahead`'s epoch 2 and
+    # trains 3-6 again: 9 epochs trained. Its restart (a resumed study) repeats epoch 6 from its own
+    # checkpoint: not trained twice more in the count. `ahead` trains 1-2, clones a donor at epoch 4 and
+    # trains 5-6: 4 epochs trained, epochs 3-4 are its donor's, not missing.
+    results = {"behind": [*(_pbt_result("behind", e) for e in range(1, 6)), _pbt_result("behind", 3, donor="ahead"),
+                          *(_pbt_result("behind", e) for e in (4, 5, 6)), _pbt_result("behind", 6)],
+               "ahead": [_pbt_result("ahead", 1), _pbt_result("ahead", 2), _pbt_result("ahead", 5, donor="behind"),
+                         _pbt_result("ahead", 6)]}
+    folder = tmp_path / "pbt"
+    folder.mkdir()
+    (folder / "study.json").write_text(json.dumps({"study": "pbt", "metric": "val_acc", "mode": "max", "space": {},
+                                                   "base": BASE, "resources": {"cpu": 1.0, "gpu": 1.0}}))
+    recorder, grid = EpochRecorder(), []
+    for name, lines in results.items():
+        trial = folder / f"train_{name}_2024-01-01_00-00-00"
+        trial.mkdir()
+        config = {**BASE, "epochs": 6, "seed": 0, "lr": 0.05 if name == "behind" else 0.02}
+        (trial / "params.json").write_text(json.dumps(config))
+        (trial / "run_info.json").write_text(json.dumps({"trial_id": name, "resources": {"cpu": 1.0, "gpu": 1.0}}))
+        # Tune's own result.json lost the lines since its last sync when the trial restarted
+        (trial / "result.json").write_text("".join(json.dumps(r) + "\n" for r in lines[:2]))
+        for result in lines:  # the driver's record, as Tune hands the results over
+            recorder.on_trial_result(0, [], SimpleNamespace(trial_id=name, path=str(trial)), result)
+        grid.append(SimpleNamespace(metrics={"trial_id": name}, path=str(trial), error=None, config=config))
+
+    runner = results_frame(grid, SimpleNamespace(name="pbt"), {"cpu": 1.0, "gpu": 1.0})
+    behind = runner[runner["trial_id"] == "behind"]
+    assert behind["iteration"].tolist() == list(range(1, 10)) and behind["epoch"].tolist() == [1, 2, 3, 4, 5, 3, 4, 5, 6]
+    for df in (runner.assign(experiment="pbt"), analysis.load(folder)):
+        t = analysis.trials(df).set_index("trial_id")
+        assert t["epochs_done"].to_dict() == {"ahead": 4, "behind": 9}
+        assert t["status"].to_dict() == {"ahead": "finished", "behind": "finished"}
+        assert t["missing_epochs"].to_dict() == {"ahead": "", "behind": ""} and not t["incomplete"].any()
+        assert t["gpu_hours"].to_dict() == pytest.approx({"ahead": 4 / 6, "behind": 9 / 6})
+        assert t.loc["behind", "val_acc"] == pytest.approx(0.06)  # the last epoch it trained

@@ -22,7 +22,7 @@ from typing import Any, Sequence, TextIO
 from ray import tune
 
 from tune_cifar import ranking
-from tune_cifar.results import RECORD_FILE, parse_records, records_of
+from tune_cifar.results import RECORD_FILE, lineage, parse_records, records_of
 from tune_cifar.storage import join, read_text, write_atomic
 
 
@@ -95,17 +95,17 @@ def _short(value: Any) -> str:
 
 
 class EpochRecorder(tune.Callback):
+    """Keeps what each trial trained in the order it trained it (results.lineage): an epoch a PBT member
+    trains again after cloning a donor behind it is a second record, not a replacement."""
+
     def __init__(self) -> None:
-        self.records: dict[str, dict[int, dict]] = {}  # trial id -> epoch -> record (the latest report wins)
+        self.records: dict[str, list[dict]] = {}  # trial id -> its records, in training order
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         if result.get("epoch") is None:
             return
         records = self.records.get(trial.trial_id)
         if records is None:  # first result since this driver started: continue what an earlier one wrote
-            saved = parse_records(read_text(join(trial.path, RECORD_FILE)) or "[]")
-            records = self.records[trial.trial_id] = {(r.get("member"), int(r["epoch"])): r for r in saved}
-        for record in records_of(result):
-            records[(record.get("member"), int(record["epoch"]))] = record
-        ordered = [records[key] for key in sorted(records, key=lambda k: (k[0] is not None, k[0] or 0, k[1]))]
-        write_atomic(join(trial.path, RECORD_FILE), json.dumps(ordered))
+            records = parse_records(read_text(join(trial.path, RECORD_FILE)) or "[]")
+        records = self.records[trial.trial_id] = lineage([*records, *records_of(result)])
+        write_atomic(join(trial.path, RECORD_FILE), json.dumps(records))

@@ -57,15 +57,51 @@ def parse_records(text: str) -> list[dict[str, Any]]:
 
 
 def read_trial_records(trial_path: str, read: Any, member: int | None = None) -> list[dict[str, Any]]:
-    """A trial's epochs (of one fused member, if given): our epochs.json, completed by whatever Tune's
-    result.json has that it lacks."""
-    ours = parse_records(read(join(trial_path, RECORD_FILE)) or "[]")
-    tunes = [r for line in parse_result_lines(read(join(trial_path, "result.json")) or "") for r in records_of(line)]
-    by_epoch: dict[Any, dict[str, Any]] = {}
-    for r in (*tunes, *ours):  # ours last: the later report of an epoch stands
-        if r.get("epoch") is not None and r.get("member") == member:
-            by_epoch[r["epoch"]] = r
-    return [by_epoch[e] for e in sorted(by_epoch)]
+    """A trial's epochs (of one fused member, if given) in the order it trained them, each with its
+    `iteration`: our epochs.json, completed by whatever Tune's result.json has that it lacks."""
+    ours = [r for r in parse_records(read(join(trial_path, RECORD_FILE)) or "[]") if r.get("member") == member]
+    tunes = [r for line in parse_result_lines(read(join(trial_path, "result.json")) or "") for r in records_of(line)
+             if r.get("member") == member]
+    merged = stretches(ours)
+    for start, by_epoch in stretches(tunes):
+        mine = next((m for s, m in merged if s == start), None)
+        if mine is None:
+            merged.append((start, by_epoch))  # a stretch only Tune saw (our record could not be written)
+        else:
+            mine.update({e: r for e, r in by_epoch.items() if e not in mine})  # ours stand
+    return [{**r, "iteration": i} for i, r in enumerate(_flatten(merged), start=1)]
+
+
+def lineage(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Records in the order Tune delivered them -> what was trained, in order, each epoch once per stretch
+    (fused members one after another)."""
+    members = dict.fromkeys(r.get("member") for r in records)
+    return [r for m in members for r in _flatten(stretches([r for r in records if r.get("member") == m]))]
+
+
+def stretches(records: list[dict[str, Any]]) -> list[tuple[Any, dict[int, dict[str, Any]]]]:
+    """One member's records, in arrival order, as (start, {epoch: record}) stretches of training.
+
+    A trial trains one stretch from epoch 1; each PBT exploit starts another at the epoch after the
+    donor's, named by the first record's `donor`: the epochs before it are the donor's (none missing),
+    and epochs the trial trains again after cloning a donor behind it are trained again (counted
+    again). Within a stretch an epoch reported again (a retry or a resumed study restarting from the
+    trial's own checkpoint) replaces the earlier report, and a repeat of the same exploit start (a
+    restart before the trial saved a checkpoint of its own) is the same stretch.
+    """
+    out: list[tuple[Any, dict[int, dict[str, Any]]]] = []
+    for r in records:
+        if r.get("epoch") is None:
+            continue
+        start = (r["donor"], int(r["epoch"])) if r.get("donor") else None
+        if not out or (start is not None and out[-1][0] != start):
+            out.append((start, {}))
+        out[-1][1][int(r["epoch"])] = r
+    return out
+
+
+def _flatten(parts: list[tuple[Any, dict[int, dict[str, Any]]]]) -> list[dict[str, Any]]:
+    return [by_epoch[e] for _, by_epoch in parts for e in sorted(by_epoch)]
 
 
 def parse_result_lines(text: str) -> list[dict[str, Any]]:
@@ -109,16 +145,14 @@ def trial_status(epochs_done: int | None, planned: int, diverged: bool, errored:
 
 def trial_frame(study: str, trial_id: str, config: dict[str, Any], records: list[dict[str, Any]],
                 errored: bool, ended: bool, resources: dict[str, float]) -> pd.DataFrame:
-    """One trial's rows: one per epoch (the last report of an epoch wins), or one empty row."""
+    """One trial's rows: one per epoch it trained (`iteration` 1, 2, ...; see stretches), or one empty row."""
     rows = [{m: r.get(m) for m in (*METRICS, *EVENTS, *COUNTS)} | {k: r[k] for k in RUNTIME_KEYS if k in r}
-            for r in records if r.get("epoch") is not None]
+            | {"iteration": i} for i, r in enumerate(lineage(records), start=1)]
     frame = pd.DataFrame(rows, columns=[*METRICS, *EVENTS, *COUNTS, *RUNTIME_KEYS])
-    if not frame.empty:
-        frame = frame.drop_duplicates("epoch", keep="last").sort_values("epoch")
     if not frame.empty:
         frame["diverged"] = ranking.diverged_epochs(frame)  # NaN/inf (the trainer stopped) or an exploded loss
     diverged = bool(frame["diverged"].any()) if not frame.empty else False
-    last = int(frame["epoch"].max()) if not frame.empty else None
+    last = int(frame["epoch"].iloc[-1]) if not frame.empty else None  # where its lineage ended
     status = trial_status(last, int(config.get("epochs", 0)), diverged, errored, ended)
     if frame.empty:
         frame = pd.DataFrame([{m: math.nan for m in METRICS}])
@@ -148,7 +182,8 @@ def combine(frames: Iterable[pd.DataFrame]) -> pd.DataFrame:
     for name in EVENTS:
         df[name] = df[name].astype("string") if name in df else pd.Series(pd.NA, index=df.index, dtype="string")
     df["fused_members"] = fused_members(df)
-    return df.sort_values(["trial_id", "epoch"], na_position="first").reset_index(drop=True)
+    df["iteration"] = pd.to_numeric(df["iteration"], errors="coerce").astype("Int64")
+    return df.sort_values(["trial_id", "iteration"], na_position="first").reset_index(drop=True)
 
 
 def fused_members(df: pd.DataFrame) -> pd.Series:
@@ -162,8 +197,9 @@ def trials_without_results(df: pd.DataFrame) -> list[str]:
 
 
 def last_rows(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per trial: its last epoch (test metrics sit there), or its empty row."""
-    return df.sort_values("epoch", na_position="first").groupby("trial_id", sort=False).tail(1)
+    """One row per trial: the last epoch it trained (test metrics sit there), or its empty row."""
+    order = "iteration" if "iteration" in df and df["iteration"].notna().any() else "epoch"
+    return df.sort_values(order, na_position="first", kind="stable").groupby("trial_id", sort=False).tail(1)
 
 
 def final_table(df: pd.DataFrame, keys: Sequence[str], metric: str, mode: str) -> pd.DataFrame:
