@@ -78,10 +78,11 @@ def test_precision_is_resolved_once_per_trial():
     assert resolve_once(TrainConfig(precision="fp32"), "bf16", has_gpu=False).precision == "fp32"  # explicit stays
 
 
-def _trial(trial_id, lr, epochs, val_acc, val_loss, status_epochs=None, **extra):
+def _trial(trial_id, lr, epochs, val_acc, val_loss, status_epochs=None, early_val_loss=3.0, **extra):
     """One trial through the runner's recording path (trial_frame): `epochs` epochs, the given final metrics."""
     config = TrainConfig(epochs=epochs, lr=lr).to_dict()
-    records = [{"epoch": e, "lr": lr, "train_loss": 2.0, "train_acc": 0.5, "val_loss": val_loss if e == epochs else 3.0,
+    records = [{"epoch": e, "lr": lr, "train_loss": 2.0, "train_acc": 0.5,
+                "val_loss": val_loss if e == epochs else early_val_loss,
                 "val_acc": val_acc if e == epochs else val_acc / 2, "diverged": False, "epoch_s": 10.0,
                 **({"test_loss": val_loss, "test_acc": val_acc} if e == epochs else {}), **extra}
                for e in range(1, (status_epochs or epochs) + 1)]
@@ -94,12 +95,14 @@ def test_an_exploded_but_finite_loss_is_diverged_and_never_wins(tmp_path):
     from tune_cifar.results import final_table, winner
 
     # the 1-epoch run the issue saw: lr 0.5 "won" with val_loss 31,082 nats (chance is ln(100) = 4.6)
+    # lr 0.1 is just under the bound; lr 0.2 spiked to 10,000 at epoch 1 of 2 and recovered: neither diverged
     df = combine([_trial("a", 0.05, 1, 0.40, 2.5), _trial("b", 0.5, 1, 0.45, 31_082.0),
-                  _trial("c", 0.1, 1, 0.30, EXPLODED_LOSS * 0.99)])
-    assert df.groupby("trial_id")["status"].first().to_dict() == {"a": "finished", "b": "diverged", "c": "finished"}
+                  _trial("c", 0.1, 1, 0.30, EXPLODED_LOSS * 0.99), _trial("d", 0.2, 2, 0.20, 2.0, early_val_loss=1e4)])
+    assert df.groupby("trial_id")["status"].first().to_dict() == {"a": "finished", "b": "diverged", "c": "finished",
+                                                                   "d": "finished"}
     table = final_table(df, ["lr"], "val_acc", "max")
-    assert table["lr"].tolist() == [0.05, 0.1, 0.5] and table.set_index("lr")["diverged"].to_dict() == \
-        {0.05: False, 0.1: False, 0.5: True}
+    assert table["lr"].tolist() == [0.05, 0.1, 0.2, 0.5] and table.set_index("lr")["diverged"].to_dict() == \
+        {0.05: False, 0.1: False, 0.2: False, 0.5: True}
     assert winner(df, ["lr"], "val_acc", "max") == {"lr": 0.05}
 
     # results written before the rule (status "finished") are read by it too, through analysis.load
@@ -107,7 +110,7 @@ def test_an_exploded_but_finite_loss_is_diverged_and_never_wins(tmp_path):
     df.assign(status="finished", diverged=False).to_parquet(tmp_path / "lr" / "results.parquet")
     loaded = analysis.load(tmp_path / "lr")
     s = analysis.summary(loaded)
-    assert analysis.ranked(s, keys=["config/lr"])["config/lr"].tolist() == [0.05, 0.1, 0.5]
+    assert analysis.ranked(s, keys=["config/lr"])["config/lr"].tolist() == [0.05, 0.1, 0.2, 0.5]
     assert s.set_index("config/lr").loc[0.5, ["diverged", "n_diverged"]].tolist() == [True, 1]
     assert loaded.groupby("trial_id")["status"].first()["b"] == "diverged"
 

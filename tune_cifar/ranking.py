@@ -5,9 +5,11 @@
   (`incomplete`) and scheduler-stopped (`stopped_early`) trials do not count: their last epoch
   is not the final one, so averaging it in would compare a configuration at epoch 3 with one at
   epoch 300. A scheduler's survivors reached their final epoch and count as `finished`.
-- A trial diverged when, at any epoch, its training or validation loss is NaN or infinite (the trainer
-  stops it there) or above EXPLODED_LOSS, ten times chance (a finite loss of 31,082 nats is a run that
-  blew up, even though training goes on): see diverged_epochs.
+- A trial diverged when its training loss turned NaN or infinite (the trainer stops it there), or when
+  at the last epoch it trained its training or validation loss is infinite or above EXPLODED_LOSS, ten
+  times chance: a final loss of 31,082 nats is a run that blew up, finite or not, and its accuracy is
+  luck. An early spike it recovered from (high lr, BatchNorm statistics catching up; a PBT member that
+  then cloned a sane donor) is not a divergence: see diverged_epochs.
 - A configuration's score is the mean over its counted trials (seeds) of the final-epoch metric.
   A configuration with no counted trial is not ranked.
 - A configuration with a diverged seed ranks below every configuration without one, whatever its
@@ -47,14 +49,19 @@ def exploded(loss: Any) -> Any:
 
 
 def diverged_epochs(frame: pd.DataFrame) -> pd.Series:
-    """Per row (a trial's epoch): the trainer's `diverged` flag (loss turned NaN/inf) or an exploded
-    training or validation loss. The runner's results.parquet and the analysis both take it from here."""
+    """Per row (a trial's epoch): the trainer's `diverged` flag (loss turned NaN/inf), or, on the last
+    epoch each trial trained (highest `iteration`, else `epoch`, per `trial_id` when there is one), an
+    exploded training or validation loss. The runner's results.parquet and the analysis take it from here."""
     flagged = frame["diverged"] if "diverged" in frame else pd.Series(False, index=frame.index)
-    out = flagged.astype("boolean").fillna(False).astype(bool)
+    flagged = flagged.astype("boolean").fillna(False).astype(bool)
+    bad = pd.Series(False, index=frame.index)
     for name in LOSSES:
         if name in frame:
-            out = out | exploded(pd.to_numeric(frame[name], errors="coerce"))
-    return out
+            bad = bad | exploded(pd.to_numeric(frame[name], errors="coerce"))
+    order = "iteration" if "iteration" in frame and frame["iteration"].notna().any() else "epoch"
+    step = pd.to_numeric(frame[order], errors="coerce") if order in frame else pd.Series(0.0, index=frame.index)
+    final = step.groupby(frame["trial_id"]).transform("max") if "trial_id" in frame else step.max()
+    return flagged | (bad & (step == final))
 
 
 def score_configurations(trials: pd.DataFrame, keys: Sequence[str], metric: str) -> pd.DataFrame:
