@@ -227,8 +227,9 @@ def _current_statuses(df: pd.DataFrame) -> pd.Series:
             last = None if g["epoch"].isna().all() else int(g["epoch"].max())
             status[g.index] = trial_status(last, int(g["config/epochs"].iloc[0]), bool(g["diverged"].any()),
                                            errored=False, ended=True)
-    exploded = df.groupby("trial_id")["diverged"].transform("any")  # by ranking's rule, whatever was recorded
-    return status.mask(exploded & (status == schema.FINISHED), schema.DIVERGED)
+    # by ranking's rule whatever was recorded, with trial_status's precedence (only a crash comes first)
+    exploded = df.groupby("trial_id")["diverged"].transform("any")
+    return status.mask(exploded & (status != schema.ERROR), schema.DIVERGED)
 
 
 def _column_order(df: pd.DataFrame) -> list[str]:

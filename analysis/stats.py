@@ -12,7 +12,7 @@ from scipy import stats
 
 from analysis.loading import IDENTITY_FIELDS, configuration_labels
 from tune_cifar import ranking
-from tune_cifar.schema import DIVERGED, ERROR, FINAL_METRICS, FINISHED, INCOMPLETE, STOPPED_EARLY
+from tune_cifar.schema import DIVERGED, ERROR, FINAL_METRICS, INCOMPLETE, STOPPED_EARLY
 CONFIDENCE = 0.95
 GROUP = ["experiment", "study", "configuration"]
 
@@ -72,7 +72,7 @@ def _trial_row(g: pd.DataFrame) -> dict:
         epochs["donor"].notna().any() else 0
     diverged_at = ranking.diverged_epochs(epochs)  # a hand-built frame is held to the same rule as load()'s
     diverged = bool(diverged_at.any())
-    status = DIVERGED if diverged and first["status"] == FINISHED else str(first["status"])
+    status = DIVERGED if diverged and first["status"] != ERROR else str(first["status"])  # trial_status's precedence
     reached = int(epochs["epoch"].iloc[-1]) if len(epochs) else 0  # where its lineage ended
     # a trial that stopped on purpose (diverged, or by a scheduler) owes only the epochs up to where it stopped
     owed = reached if status in (DIVERGED, STOPPED_EARLY) else planned

@@ -70,8 +70,8 @@ def score_configurations(trials: pd.DataFrame, keys: Sequence[str], metric: str)
     Columns added: `score` (mean of `metric` over counted trials), `n_counted`, `n_trials`, `diverged`
     (any counted trial diverged).
     """
-    t = trials.assign(_counted=trials["status"].map(counts),
-                      _diverged=(trials["status"] == DIVERGED) | diverged_epochs(trials),
+    counted = trials["status"].map(counts)
+    t = trials.assign(_counted=counted, _diverged=(trials["status"] == DIVERGED) | (diverged_epochs(trials) & counted),
                       _value=pd.to_numeric(trials[metric], errors="coerce"))
     t["_counted_value"] = t["_value"].where(t["_counted"])
     grouped = t.groupby(list(keys), dropna=False, sort=False)
