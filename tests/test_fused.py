@@ -44,7 +44,7 @@ def copy_state(state):
     buf = io.BytesIO()
     torch.save(state, buf)
     buf.seek(0)
-    return torch.load(buf, weights_only=False)
+    return torch.load(buf, weights_only=True)
 
 
 def run_fused(cfgs, data, resume_from=None):

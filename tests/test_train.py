@@ -69,7 +69,7 @@ def _run(cfg, data, resume_from=None):
 
     def on_epoch(metrics, state):
         rows.append(metrics)
-        states[metrics["epoch"]] = torch.load(_roundtrip(state.state_dict()), weights_only=False)  # a real copy
+        states[metrics["epoch"]] = torch.load(_roundtrip(state.state_dict()), weights_only=True)  # a real copy
 
     train(cfg, data, on_epoch, resume_from)
     return rows, states

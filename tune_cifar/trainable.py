@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import socket
 import sys
 import tempfile
@@ -208,9 +209,16 @@ def _load_checkpoint(checkpoint: tune.Checkpoint | None) -> dict[str, Any] | Non
         return None
     try:
         with checkpoint.as_directory() as d:
-            return torch.load(os.path.join(d, CHECKPOINT_FILE), map_location="cpu", weights_only=False)
-    except Exception as e:  # truncated file, foreign pickle, missing file: all mean "start over"
-        print(f"checkpoint unreadable ({type(e).__name__}: {e}); starting the trial over", file=sys.stderr)
+            # weights_only: tensors and plain containers only. A checkpoint on shared storage is a pickle anyone
+            # with write access could have replaced, and a full unpickle would run whatever code it names.
+            return torch.load(os.path.join(d, CHECKPOINT_FILE), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        print("checkpoint not loaded: torch.load(weights_only=True) refused it (it holds objects other than tensors "
+              "and plain values: foreign, tampered or not a checkpoint); starting the trial over", file=sys.stderr)
+        return None
+    except Exception as e:  # truncated file, missing file: all mean "start over"
+        first_line = (str(e).splitlines() or [""])[0]
+        print(f"checkpoint unreadable ({type(e).__name__}: {first_line}); starting the trial over", file=sys.stderr)
         return None
 
 
