@@ -170,3 +170,20 @@ def test_the_fixed_line_leaves_out_settings_no_trial_used(tmp_path):
     # one of its trials ran the step schedule: its milestones and gamma were in force
     assert "step_milestones=" in schedules_fixed and "step_gamma=" in schedules_fixed
     assert "warmup_epochs=" not in schedules_fixed and "lr=" in schedules_fixed
+
+
+def test_the_report_finds_experiments_and_chains_however_deep(tmp_path):
+    """scripts/budget_comparison.sh writes results/chain/all/chain.json and results/<arm>-<seed>/joint."""
+    from analysis.render import to_markdown
+    from analysis.report import build
+
+    root = tmp_path / "results"
+    write_study(root / "chain" / "all", "lr", {"lr": [0.01, 0.05]}, epochs=2, chain="all")
+    (root / "chain" / "all" / "chain.json").write_text(json.dumps({
+        "order": ["lr"], "carried": {"lr": {}}, "winners": {"lr": {"lr": 0.05}}}))
+    write_study(root / "a" / "b" / "c" / "d", "wd", {"weight_decay": [0.0001, 0.0005]}, epochs=2)
+    md = to_markdown(build(root, log=lambda msg: None).blocks)
+    sections = [line for line in md.splitlines() if line.startswith("## ")]
+    assert sections[:3] == ["## 1. Weight decay (`wd`)", "## 2. Learning rate (`all/lr`)",
+                            "## Carried-forward chain (`all`)"]
+    assert "| lr | (nothing) | lr=0.05 (" in md  # the chain's row found its study's results
