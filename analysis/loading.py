@@ -194,11 +194,14 @@ def _member_rows(folder: Path, meta: dict[str, Any], trial_id: str, member: int 
 
 def _trial_status(folder: Path, rows: pd.DataFrame, config: dict[str, Any], ended: bool) -> str:
     """`ended`: Tune's saved state says the trial ended (TERMINATED), so short of its epochs it was stopped
-    early by a scheduler; without that, a stop cannot be told from an interruption and is `incomplete`."""
+    early by a scheduler; without that, a stop cannot be told from an interruption and is `incomplete`.
+
+    error.txt says the trainable raised at least once: Tune appends to it per failure and keeps it after a
+    retry succeeds, so a trial Tune then ended is not an error (nor, see trial_status, one that finished)."""
     epochs = pd.to_numeric(rows["epoch"], errors="coerce")
     last = None if epochs.isna().all() else int(epochs.max())
     return trial_status(last, int(config.get("epochs", 0) or 0), bool(rows["diverged"].fillna(False).astype(bool).any()),
-                        errored=(folder / "error.txt").is_file(), ended=ended)  # error.txt: the trainable raised
+                        errored=(folder / "error.txt").is_file() and not ended, ended=ended)
 
 
 def _normalise(df: pd.DataFrame, meta: dict[str, Any]) -> pd.DataFrame:

@@ -226,3 +226,18 @@ def test_summary_of_a_bare_frame_labels_configurations_by_what_varies():
     bare = frame({"a": [0.1, 0.2], "b": [0.3, 0.4]}).drop(columns=["configuration", "experiment"])
     s = analysis.summary(bare)
     assert s["configuration"].tolist() == ["lr=0.01", "lr=0.02"] and s["n_seeds"].tolist() == [2, 2]
+
+
+def test_a_retried_trial_that_finished_is_not_an_error(tmp_path):
+    """Tune appends to error.txt per failure and keeps it after a retry succeeds."""
+    from analysis.render import to_markdown
+    from analysis.report import build
+
+    folder = write_study(tmp_path, "lr", {"lr": [0.01, 0.05, 0.5]}, epochs=4, crash={(2, 0): 2})
+    for trial in [p for p in folder.iterdir() if "lr=0.05" in p.name or "lr=0.5" in p.name]:
+        (trial / "error.txt").write_text("RuntimeError: worker died\n")  # lr=0.05 was retried and finished
+    (folder / "experiment_state-2024-01-01_00-00-00.json").write_text(json.dumps({"trial_data": [
+        [json.dumps({"trial_id": "lr_00002_0", "status": "TERMINATED"}), "{}"]]}))  # lr=0.5: then stopped early
+    t = analysis.trials(analysis.load(folder)).set_index("configuration")
+    assert t["status"].to_dict() == {"lr=0.01": "finished", "lr=0.05": "finished", "lr=0.5": "stopped_early"}
+    assert "**lr=0.05** has the best final-epoch `val_acc`" in to_markdown(build(folder, log=lambda m: None).blocks)
