@@ -310,3 +310,13 @@ def test_resume_of_a_fused_study_after_the_driver_is_killed(tmp_path, isolated_r
     assert df.groupby("trial_id")["epoch"].apply(list).tolist() == [[1, 2, 3]] * 6
     for name, text in done.items():  # a finished group was not trained again
         assert (experiment / name / "epochs.json").read_text() == text
+
+
+@pytest.mark.slow
+def test_a_trial_without_a_gpu_share_sees_no_gpu(ray_session, tmp_path):
+    """The session's Ray declares a GPU; Ray 2.60 no longer hides it from tasks that asked for none."""
+    code, out = run_cli("lr", "--smoke", "--epochs", "1", "--gpus-per-trial", "0", "--storage-path", tmp_path)
+    assert code == 0, out
+    infos = _run_infos(tmp_path / "lr")
+    assert len(infos) == 3
+    assert [(i["gpu_ids"], i["cuda_visible_devices"], i["config"]["device"]) for i in infos] == [([], "", "cpu")] * 3

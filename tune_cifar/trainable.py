@@ -76,6 +76,7 @@ def train_trial(config: dict[str, Any], data: CifarData, options: TrialOptions =
         config["seed"] = int(config.pop("__trial_index__"))
     ctx = tune.get_context()
     gpu_ids = [str(g) for g in ray.get_gpu_ids()]
+    hide_gpus_without_share(gpu_ids, config.get("device", "auto"))
     trial_dir = trial_folder(options)
     trial_id = ctx.get_trial_id()
     resume_from = _load_checkpoint(tune.get_checkpoint())
@@ -117,6 +118,7 @@ def train_group(config: dict[str, Any], data: CifarData, options: TrialOptions =
     logging.getLogger("ray.train").setLevel(logging.WARNING)
     ctx = tune.get_context()
     gpu_ids = [str(g) for g in ray.get_gpu_ids()]
+    hide_gpus_without_share(gpu_ids, config["members"][0].get("device", "auto"))
     trial_dir = trial_folder(options)
     resume_from = _load_checkpoint(tune.get_checkpoint())
     run_info = _read_run_info(trial_dir)  # an earlier start's, if any
@@ -148,6 +150,15 @@ def train_group(config: dict[str, Any], data: CifarData, options: TrialOptions =
             saved_at = time.monotonic()
 
     _start_over_on_mismatch(lambda resume: train_fused(cfgs, splits, report, resume), resume_from, options.study)
+
+
+def hide_gpus_without_share(gpu_ids: list[str], device: str) -> None:
+    """A trial Ray gave no GPU sees none. Ray 2.60 no longer sets CUDA_VISIBLE_DEVICES="" for such tasks, so
+    on a GPU node a CPU trial would see every GPU, and any CUDA call (an RNG state) would open a context on
+    GPU 0, taking memory from the trials that own it. Set before this process first touches CUDA, which
+    reads the variable once. An explicit `device="cuda"` is left to fail or run as the user asked."""
+    if not gpu_ids and device != "cuda":
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
 
 def _start_over_on_mismatch(run: Callable[[Any], None], resume_from: Any, study: str) -> None:
