@@ -24,6 +24,7 @@ from tune_cifar.schema import CONFIGURATION_FIELDS as IDENTITY_FIELDS, EVENTS, M
 KEY_COLUMNS = ("experiment", "study", "configuration", "trial_id", "seed", "status")
 # Statuses of results written before schema.STATUSES (Tune's own words); TERMINATED is re-derived.
 LEGACY_STATUS = {"ERROR": schema.ERROR, "UNFINISHED": schema.INCOMPLETE}
+GENERATED_DATA_DIR = "<generated>"  # the data_dir a --smoke run records (tune_cifar/run.py)
 
 
 class AnalysisError(Exception):
@@ -103,8 +104,24 @@ def read_chains(root: str | Path) -> dict[str, dict[str, Any]]:
 
 
 def study_metadata(root: str | Path) -> dict[str, dict[str, Any]]:
-    """study.json of every experiment under `root`, keyed by the same label as load()'s `experiment`."""
-    return {label: read_study(folder) for label, folder in experiment_labels(root).items()}
+    """study.json of every experiment under `root`, keyed by the same label as load()'s `experiment`, with
+    `data`: what its trials trained on (read_data)."""
+    metadata = {}
+    for label, folder in experiment_labels(root).items():
+        meta = read_study(folder)
+        metadata[label] = {**meta, "data": read_data(folder, meta)}
+    return metadata
+
+
+def read_data(folder: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    """What an experiment's trials trained on, as the first trial's run_info.json records it (`generated`,
+    `train_images`, `test_images`, `classes`; tune_cifar.data.data_summary). Results from before that record
+    know only that `--smoke` data is `<generated>`; anything else is taken for the release."""
+    for child in _subdirs(Path(folder)):
+        info = _read_json(child / "run_info.json") if (child / "run_info.json").is_file() else {}
+        if isinstance(info.get("data"), dict):
+            return info["data"]
+    return {"generated": meta.get("base", {}).get("data_dir") == GENERATED_DATA_DIR}
 
 
 def load_experiment(folder: Path, label: str) -> pd.DataFrame:

@@ -20,7 +20,7 @@ import torch
 from ray import tune
 
 from tune_cifar.config import TrainConfig
-from tune_cifar.data import CifarData, device_data
+from tune_cifar.data import CifarData, data_summary, device_data
 from tune_cifar.provenance import provenance
 from tune_cifar.storage import join, read_text, write_atomic
 from tune_cifar.train import CheckpointMismatch, TrainState, pick_device, train
@@ -89,7 +89,7 @@ def train_trial(config: dict[str, Any], data: CifarData, options: TrialOptions =
     # A checkpoint saved by another trial is PBT's exploit: this trial goes on from the donor's state.
     donor = (resume_from or {}).get("trial_id")
     exploit = {"epoch": int(resume_from["epoch"]), "donor": donor} if donor not in (None, trial_id) else None
-    _write_run_info(trial_dir, run_info.get("starts", []), cfg, options, gpu_ids)
+    _write_run_info(trial_dir, run_info.get("starts", []), cfg, options, gpu_ids, data_summary(data))
     splits = device_data(data, cfg.val_fraction, cfg.split_seed, pick_device(cfg.device))
     saved_at = time.monotonic()  # this run's start: a kill before its first checkpoint repeats what ran since
 
@@ -127,7 +127,7 @@ def train_group(config: dict[str, Any], data: CifarData, options: TrialOptions =
     precision = next((p for p in earlier if p in ("fp32", "bf16")), None)
     cfgs = [resolve_once(TrainConfig.from_dict(member), precision, bool(gpu_ids)) for member in config["members"]]
     torch.set_num_threads(max(1, int(ctx.get_trial_resources().required_resources.get("CPU", 1))))
-    _write_run_info(trial_dir, run_info.get("starts", []), cfgs[0], options, gpu_ids, members=cfgs)
+    _write_run_info(trial_dir, run_info.get("starts", []), cfgs[0], options, gpu_ids, data_summary(data), members=cfgs)
     splits = device_data(data, cfgs[0].val_fraction, cfgs[0].split_seed, pick_device(cfgs[0].device))
     pending: dict[str, dict[str, Any]] = {}
     saved_at = time.monotonic()
@@ -234,7 +234,7 @@ def _load_checkpoint(checkpoint: tune.Checkpoint | None) -> dict[str, Any] | Non
 
 
 def _write_run_info(trial_dir: str, starts: list[float], cfg: TrainConfig, options: TrialOptions,
-                    gpu_ids: list[str], members: list[TrainConfig] | None = None) -> None:
+                    gpu_ids: list[str], data: dict[str, Any], members: list[TrainConfig] | None = None) -> None:
     """What produced this trial, beside its results; restarts are appended to the earlier `starts` (PBT's
     exploits are in the results: the `donor` of the first epoch after each)."""
     ctx = tune.get_context()
@@ -244,6 +244,7 @@ def _write_run_info(trial_dir: str, starts: list[float], cfg: TrainConfig, optio
         "trial_id": ctx.get_trial_id(),
         "config": cfg.to_dict(),
         "seed": cfg.seed,
+        "data": data,  # generated or the release, and its sizes (tune_cifar.data.data_summary)
         "resources": {"cpu": resources.get("CPU", 0), "gpu": resources.get("GPU", 0)},
         "gpu_ids": gpu_ids,
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
