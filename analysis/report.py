@@ -59,7 +59,7 @@ def build(results: str | Path, log=print) -> Report:
     report = Report(title=report_title(df, meta))
     report.files["tables/summary.csv"] = s.to_csv(index=False)
     report.files["tables/trials.csv"] = t.to_csv(index=False)
-    report.blocks += [Heading(1, report.title)] + ([Para(_generated_warning(generated, experiments, meta))]
+    report.blocks += [Heading(1, report.title)] + ([Para(_generated_warning(generated, experiments))]
                                                    if generated else [])
     report.blocks += [Para(_intro(results, df)), Para(METHOD), Para(OURS_NOTE)]
     for number, experiment in enumerate(experiments, start=1):
@@ -85,23 +85,28 @@ def build(results: str | Path, log=print) -> Report:
 
 def report_title(df: pd.DataFrame, meta: dict) -> str:
     """What the report holds: its models, its data, how many studies. A reproduction only on CIFAR-100."""
-    data = [m.get("data", {}) for m in meta.values()]
-    real = not any(d.get("generated") for d in data)
-    classes = sorted({d["classes"] for d in data if d.get("generated") and d.get("classes")})
-    on = ("CIFAR-100" if real else "generated data" + (f" ({', '.join(map(str, classes))} classes)" if classes else "")
-          + (" and CIFAR-100" if not all(d.get("generated") for d in data) else ""))
+    data = [meta.get(e, {}).get("data", {}) for e in dict.fromkeys(df["experiment"])]
+    generated = [d for d in data if d.get("generated")]
+    classes = sorted({d["classes"] for d in generated if d.get("classes")})
+    on = "CIFAR-100"
+    if generated:
+        on = "generated data" + (f" ({', '.join(map(str, classes))} classes)" if classes else "")
+        on += " and CIFAR-100" if len(generated) < len(data) else ""
     models = ", ".join(MODEL_NAMES.get(m, m) for m in dict.fromkeys(df["config/model"].dropna()))
-    n = df["experiment"].nunique()
-    return f"{'Reproduction report' if real else 'Report'}: {models} on {on}, {n} stud{'y' if n == 1 else 'ies'}"
+    n = len(data)
+    kind = "Report" if generated else "Reproduction report"
+    return f"{kind}: {models} on {on}, {n} stud{'y' if n == 1 else 'ies'}"
 
 
 def _generated_note(generated: list[str], experiments: list[str]) -> str:
-    which = "every study here" if generated == experiments else ", ".join(f"`{e}`" for e in generated)
+    """Said under every table the generated experiments reach (one study's, or those over all of them)."""
+    which = ("this study" if len(experiments) == 1 else "every study here" if generated == experiments
+             else ", ".join(f"`{e}`" for e in generated))
     return (f"**Generated data:** {which} trained on generated images (`--smoke` or `python -m tune_cifar.data "
             "synthetic`), not CIFAR-100; no published value applies.")
 
 
-def _generated_warning(generated: list[str], experiments: list[str], meta: dict) -> str:
+def _generated_warning(generated: list[str], experiments: list[str]) -> str:
     return (_generated_note(generated, experiments) + " These numbers show that the pipeline learns; they say "
             "nothing about CIFAR-100, so the published columns and comparisons are left out of those studies. "
             "Each study's **Data** line gives its image counts.")

@@ -238,3 +238,18 @@ def test_a_report_on_cifar100_keeps_the_published_columns(tmp_path):
     assert report.title == "Reproduction report: MobileNet on CIFAR-100, 1 study"
     assert "Generated data" not in md and "val acc (report)" in md and "The report's winner was" in md
     assert "40,000 training, 10,000 validation and 10,000 test images of 100 classes" in md
+
+
+def test_a_root_with_generated_and_cifar100_studies_marks_only_the_generated_one(tmp_path):
+    from analysis.render import to_markdown
+    from analysis.report import build
+
+    generated_study(tmp_path, {"generated": True, "train_images": 250, "test_images": 200, "classes": 40})
+    write_study(tmp_path, "wd", {"weight_decay": [0.0001, 0.0005]}, epochs=2)  # CIFAR-100 (recorded before `data`)
+    report = build(tmp_path, log=lambda msg: None)
+    md = to_markdown(report.blocks)
+    assert report.title == "Report: MobileNet on generated data (40 classes) and CIFAR-100, 2 studies"
+    assert report.blocks[1].text.startswith("**Generated data:** `lr` trained on generated images")
+    lr, wd = md.split("(`lr`)")[1].split("\n## ")[0], md.split("(`wd`)")[1].split("\n## ")[0]
+    assert "**Generated data:** this study" in lr and "(report)" not in lr
+    assert "Generated data" not in wd and "weight decay" in wd.lower() and "val acc (report)" in wd

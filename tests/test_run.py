@@ -340,5 +340,5 @@ def test_a_smoke_run_records_its_generated_data_and_its_report_says_so(smoke_lr_
                                            "test_images": SMOKE["test"], "classes": SMOKE["classes"]}] * 3
     md = to_markdown(build(experiment, log=lambda msg: None).blocks)
     assert md.startswith(f"# Report: MobileNet on generated data ({SMOKE['classes']} classes), 1 study\n\n"
-                         "**Generated data:** every study")
+                         "**Generated data:** this study")
     assert f"{SMOKE['test']} test images" in md and "(report)" not in md
