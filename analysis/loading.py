@@ -24,7 +24,7 @@ from tune_cifar.schema import CONFIGURATION_FIELDS as IDENTITY_FIELDS, COUNTS, E
 KEY_COLUMNS = ("experiment", "study", "configuration", "trial_id", "seed", "status")
 # Statuses of results written before schema.STATUSES (Tune's own words); TERMINATED is re-derived.
 LEGACY_STATUS = {"ERROR": schema.ERROR, "UNFINISHED": schema.INCOMPLETE}
-_MAX_DEPTH = 3  # <root>/all/<study>/ is the deepest layout the runner writes
+GENERATED_DATA_DIR = "<generated>"  # the data_dir a --smoke run records (tune_cifar/run.py)
 
 
 class AnalysisError(Exception):
@@ -46,7 +46,7 @@ def find_experiments(root: Path) -> list[Path]:
         raise AnalysisError(f"{root}: no such file or folder")
     if not root.is_dir():
         raise AnalysisError(f"{root}: not a folder; pass a study's experiment folder or a results root")
-    found = [root] if is_experiment(root) else list(_search(root, _MAX_DEPTH))
+    found = [root] if is_experiment(root) else list(_search(root, set()))
     if not found:
         hint = "; it looks like a single trial's folder, pass its parent" if _is_trial(root) else ""
         raise AnalysisError(
@@ -56,11 +56,19 @@ def find_experiments(root: Path) -> list[Path]:
 
 
 def experiment_labels(root: str | Path) -> dict[str, Path]:
-    """`lr`, or `all/lr` for a study run inside the chained `all` study -> its folder, in report order."""
+    """`lr`, or `all/lr` for a study run inside the chained `all` study -> its folder, in report order.
+
+    Two experiments with one label, or two chain folders with one name, are labelled by their paths under
+    `root` instead (`a/all/lr`), so each chain's studies stay apart (read_chains keys them the same way)."""
     root = Path(root)
     folders = find_experiments(root)
     labels = [_label(f) for f in folders]
-    clashes = {l for l in labels if labels.count(l) > 1}
+    chain_folders: dict[str, set[Path]] = {}
+    for label, folder in zip(labels, folders):
+        if "/" in label:
+            chain_folders.setdefault(label.rsplit("/", 1)[0], set()).add(folder.parent)
+    clashes = {l for l in labels if labels.count(l) > 1
+               or ("/" in l and len(chain_folders[l.rsplit("/", 1)[0]]) > 1)}
     labels = [(f.relative_to(root).as_posix() or l) if l in clashes else l for l, f in zip(labels, folders)]
     return dict(sorted(zip(labels, folders), key=lambda item: _sort_key(item[0])))
 
@@ -82,15 +90,38 @@ def read_study(folder: Path) -> dict[str, Any]:
 
 
 def read_chains(root: str | Path) -> dict[str, dict[str, Any]]:
-    """Every chain.json at or just under `root`, keyed by its folder's name (`all`)."""
+    """Every chain.json under `root`, however deep, keyed as its studies' labels start (`all`, see
+    experiment_labels), or by its folder's path under `root` when none of its studies ran."""
     root = Path(root)
-    paths = [root / "chain.json"] + sorted(root.glob("*/chain.json"))
-    return {p.parent.name: _read_json(p) for p in paths if p.is_file()}
+    prefix = {folder.parent: label.rsplit("/", 1)[0]
+              for label, folder in experiment_labels(root).items() if "/" in label}
+    chains = {}
+    for folder in [root, *_folders_under(root, set(), into_experiments=False)]:
+        if (folder / "chain.json").is_file():
+            key = prefix.get(folder) or (folder.relative_to(root).as_posix() if folder != root else folder.name)
+            chains[key] = _read_json(folder / "chain.json")
+    return chains
 
 
 def study_metadata(root: str | Path) -> dict[str, dict[str, Any]]:
-    """study.json of every experiment under `root`, keyed by the same label as load()'s `experiment`."""
-    return {label: read_study(folder) for label, folder in experiment_labels(root).items()}
+    """study.json of every experiment under `root`, keyed by the same label as load()'s `experiment`, with
+    `data`: what its trials trained on (read_data)."""
+    metadata = {}
+    for label, folder in experiment_labels(root).items():
+        meta = read_study(folder)
+        metadata[label] = {**meta, "data": read_data(folder, meta)}
+    return metadata
+
+
+def read_data(folder: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    """What an experiment's trials trained on, as the first trial's run_info.json records it (`generated`,
+    `train_images`, `test_images`, `classes`; tune_cifar.data.data_summary). Results from before that record
+    know only that `--smoke` data is `<generated>`; anything else is taken for the release."""
+    for child in _subdirs(Path(folder)):
+        info = _read_json(child / "run_info.json") if (child / "run_info.json").is_file() else {}
+        if isinstance(info.get("data"), dict):
+            return info["data"]
+    return {"generated": meta.get("base", {}).get("data_dir") == GENERATED_DATA_DIR}
 
 
 def load_experiment(folder: Path, label: str) -> pd.DataFrame:
@@ -181,11 +212,14 @@ def _member_rows(folder: Path, meta: dict[str, Any], trial_id: str, member: int 
 
 def _trial_status(folder: Path, rows: pd.DataFrame, config: dict[str, Any], ended: bool) -> str:
     """`ended`: Tune's saved state says the trial ended (TERMINATED), so short of its epochs it was stopped
-    early by a scheduler; without that, a stop cannot be told from an interruption and is `incomplete`."""
+    early by a scheduler; without that, a stop cannot be told from an interruption and is `incomplete`.
+
+    error.txt says the trainable raised at least once: Tune appends to it per failure and keeps it after a
+    retry succeeds, so a trial Tune then ended is not an error (nor, see trial_status, one that finished)."""
     epochs = pd.to_numeric(rows["epoch"], errors="coerce")
     last = None if epochs.isna().all() else int(epochs.max())
     return trial_status(last, int(config.get("epochs", 0) or 0), bool(rows["diverged"].fillna(False).astype(bool).any()),
-                        errored=(folder / "error.txt").is_file(), ended=ended)  # error.txt: the trainable raised
+                        errored=(folder / "error.txt").is_file() and not ended, ended=ended)
 
 
 def _normalise(df: pd.DataFrame, meta: dict[str, Any]) -> pd.DataFrame:
@@ -238,12 +272,24 @@ def _column_order(df: pd.DataFrame) -> list[str]:
     return first + [c for c in df.columns if c not in first]
 
 
-def _search(folder: Path, depth: int) -> Iterable[Path]:
-    for child in _subdirs(folder):
+def _search(folder: Path, seen: set[Path]) -> Iterable[Path]:
+    """Experiment folders under `folder`, however deep (a results root may hold roots of its own)."""
+    for child in _folders_under(folder, seen, into_experiments=False):
         if is_experiment(child):
             yield child
-        elif depth > 1 and not _is_trial(child):
-            yield from _search(child, depth - 1)
+
+
+def _folders_under(folder: Path, seen: set[Path], into_experiments: bool = True) -> Iterable[Path]:
+    """Every folder below `folder`, never into a trial folder (checkpoints), nor the same folder twice
+    (a symlink loop); with into_experiments False, not below an experiment either."""
+    for child in _subdirs(folder):
+        real = child.resolve()
+        if real in seen or _is_trial(child):
+            continue
+        seen.add(real)
+        yield child
+        if into_experiments or not is_experiment(child):
+            yield from _folders_under(child, seen, into_experiments)
 
 
 def _subdirs(folder: Path) -> list[Path]:

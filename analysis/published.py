@@ -50,7 +50,8 @@ TEST_LOSS_NOTE = (
     "The published test losses are not comparable with ours: the course template's test loop "
     "overwrote its accumulator with each batch's mean loss, so the printed value is "
     "17 x (mean cross-entropy of the last 16 test images) / 10000, hence values near 0.003. "
-    "Ours is the mean cross-entropy over all 10,000 test images; no difference is computed.")
+    "Ours is the mean cross-entropy over the whole test set (its size is in the study's Data line); no "
+    "difference is computed.")
 
 MIXUP_TRAIN_ACC_NOTE = (
     "Our training accuracy under mixup is the lambda-weighted accuracy against both labels "

@@ -85,7 +85,18 @@ def to_html(blocks: list[Block], folder: Path, title: str) -> str:
 
 
 def _inline(text: str) -> str:
-    text = html.escape(text, quote=False)
+    # Titles, descriptions and labels come from files in the results folder: all of it is escaped (quotes
+    # too, so nothing closes an attribute), and only links a reader can follow safely become links.
+    text = html.escape(text, quote=True)
     text = re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
     text = re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", text)
-    return re.sub(r"\[([^\]]+)\]\(([^)]+)\)", r'<a href="\2">\1</a>', text)
+    return re.sub(r"\[([^\]]+)\]\(([^)]+)\)",
+                  lambda m: f'<a href="{m[2]}">{m[1]}</a>' if _safe_link(m[2]) else m[0], text)
+
+
+def _safe_link(escaped_url: str) -> bool:
+    """http(s) or relative. Browsers drop whitespace and control characters inside a scheme
+    (`java\tscript:`), so the scheme is read the way they read it."""
+    url = re.sub(r"[\x00-\x20\x7f]", "", html.unescape(escaped_url))
+    scheme = re.match(r"([a-zA-Z][a-zA-Z0-9+.-]*):", url)
+    return scheme is None or scheme[1].lower() in ("http", "https")

@@ -26,7 +26,7 @@ from tune_cifar.config import TrainConfig
 from tune_cifar.schema import CONFIGURATION_FIELDS, USED_ONLY_WHEN
 from tune_cifar.storage import write_atomic
 
-TITLE = "Reproduction report: MobileNet on CIFAR-100, four hyperparameter studies and beyond"
+MODEL_NAMES = {"mobilenet": "MobileNet", "mobilenetv2": "MobileNetV2", "resnet18": "ResNet-18"}
 # The report's winning configuration (its mixup study), on every configuration field: what every later
 # study is compared with. Left open: the run's length (ours may be shorter; differences are only given
 # between runs of one length), which 10,000 images were held out, and the arithmetic (fp32/bf16).
@@ -46,6 +46,7 @@ METHOD = ("Every number is taken at a trial's final epoch. With several seeds pe
 class Report:
     """What the report says (blocks) and the files it refers to, not yet written anywhere."""
 
+    title: str = "Report"
     blocks: list[Block] = field(default_factory=list)
     files: dict[str, str | bytes] = field(default_factory=dict)  # path relative to the report -> content
     figures: dict[str, Figure] = field(default_factory=dict)  # stem relative to the report -> figure
@@ -59,21 +60,83 @@ def build(results: str | Path, log=print) -> Report:
     chains = read_chains(results)
     t = trials(df)
     s = summary(df)
-    report = Report()
+    experiments = list(dict.fromkeys(df["experiment"]))
+    generated = [e for e in experiments if meta.get(e, {}).get("data", {}).get("generated")]
+    report = Report(title=report_title(df, meta))
     report.files["tables/summary.csv"] = s.to_csv(index=False)
     report.files["tables/trials.csv"] = t.to_csv(index=False)
-    report.blocks += [Heading(1, TITLE), Para(_intro(results, df)), Para(METHOD), Para(OURS_NOTE)]
-    for number, experiment in enumerate(dict.fromkeys(df["experiment"]), start=1):
+    report.blocks += [Heading(1, report.title)] + ([Para(_generated_warning(generated, experiments))]
+                                                   if generated else [])
+    report.blocks += [Para(_intro(results, df)), Para(METHOD), Para(OURS_NOTE)]
+    for number, experiment in enumerate(experiments, start=1):
         log(f"report: {experiment}")
         report.blocks += _study_section(number, experiment, df[df["experiment"] == experiment],
                                         t[t["experiment"] == experiment], s[s["experiment"] == experiment],
                                         meta.get(experiment, {}), report)
+    across: list[Block] = []  # the sections over every experiment
     for name, chain in chains.items():
-        report.blocks += _chain_section(name, chain, t, s, meta)
-    report.blocks += _budget_section(df, meta, report)
-    report.blocks += _ranking_section(t, s, report)
-    report.blocks += _cost_section(t)
+        across += _chain_section(name, chain, t, s, meta)
+    across += _budget_section(df, meta, report)
+    across += _ranking_section(t, s, report)
+    across += _cost_section(t)
+    if generated:
+        note = _generated_note(generated, experiments)
+        across = _stamped(across, note)
+        for rel in ("tables/ranking.md", "tables/budget.md"):
+            if rel in report.files:
+                report.files[rel] += f"\n{note}\n"
+    report.blocks += across
     return report
+
+
+def report_title(df: pd.DataFrame, meta: dict) -> str:
+    """What the report holds: its models, its data, how many studies. A reproduction only on CIFAR-100."""
+    data = [meta.get(e, {}).get("data", {}) for e in dict.fromkeys(df["experiment"])]
+    generated = [d for d in data if d.get("generated")]
+    classes = sorted({d["classes"] for d in generated if d.get("classes")})
+    on = "CIFAR-100"
+    if generated:
+        on = "generated data" + (f" ({', '.join(map(str, classes))} classes)" if classes else "")
+        on += " and CIFAR-100" if len(generated) < len(data) else ""
+    models = ", ".join(MODEL_NAMES.get(m, m) for m in dict.fromkeys(df["config/model"].dropna()))
+    n = len(data)
+    kind = "Report" if generated else "Reproduction report"
+    return f"{kind}: {models} on {on}, {n} stud{'y' if n == 1 else 'ies'}"
+
+
+def _generated_note(generated: list[str], experiments: list[str]) -> str:
+    """Said under every table the generated experiments reach (one study's, or those over all of them)."""
+    which = ("this study" if len(experiments) == 1 else "every study here" if generated == experiments
+             else ", ".join(f"`{e}`" for e in generated))
+    return (f"**Generated data:** {which} trained on generated images (`--smoke` or `python -m tune_cifar.data "
+            "synthetic`), not CIFAR-100; no published value applies.")
+
+
+def _generated_warning(generated: list[str], experiments: list[str]) -> str:
+    return (_generated_note(generated, experiments) + " These numbers show that the pipeline learns; they say "
+            "nothing about CIFAR-100, so the published columns and comparisons are left out of those studies. "
+            "Each study's **Data** line gives its image counts.")
+
+
+def _data_line(df: pd.DataFrame, data: dict) -> str:
+    """The data a study trained on, with its real sizes (the validation images come out of the training set)."""
+    what = "generated images, not CIFAR-100" if data.get("generated") else "CIFAR-100"
+    if "train_images" not in data:
+        return f"**Data:** {what}"
+    fraction = float(df["config/val_fraction"].iloc[0]) if "config/val_fraction" in df else 0.0
+    val = round(data["train_images"] * fraction)
+    return (f"**Data:** {what}: {data['train_images'] - val:,} training, {val:,} validation and "
+            f"{data['test_images']:,} test images of {data['classes']} classes")
+
+
+def _stamped(blocks: list[Block], note: str) -> list[Block]:
+    """`note` right after every table in `blocks`."""
+    out: list[Block] = []
+    for b in blocks:
+        out.append(b)
+        if isinstance(b, Grid):
+            out.append(Para(note))
+    return out
 
 
 def write(report: Report, out: str | Path) -> dict[str, Path]:
@@ -84,7 +147,7 @@ def write(report: Report, out: str | Path) -> dict[str, Path]:
     for stem, fig in report.figures.items():
         figures.save(fig, out / stem)
     md = Path(write_atomic(out / "report.md", to_markdown(report.blocks)))
-    page = Path(write_atomic(out / "report.html", to_html(report.blocks, out, TITLE)))
+    page = Path(write_atomic(out / "report.html", to_html(report.blocks, out, report.title)))
     return {"markdown": md, "html": page, "tables": out / "tables", "figures": out / "figures"}
 
 
@@ -106,14 +169,18 @@ def _study_section(number: int, experiment: str, df: pd.DataFrame, t: pd.DataFra
     study = df["study"].iloc[0]
     metric, mode = meta.get("metric", "val_acc"), meta.get("mode", "max")
     keys = _rank_keys(s, meta)
+    data = meta.get("data", {})
+    note = _generated_note([experiment], [experiment]) if data.get("generated") else None
     blocks: list[Block] = [Heading(2, f"{number}. {study_title(study, meta)} (`{experiment}`)")]
     if meta.get("description"):
         blocks.append(Para(meta["description"]))
-    blocks.append(Bullets(tuple(_setup(df, s, meta, metric, mode))))
-    for table in study_tables(s, study):
+    blocks.append(Bullets(tuple(_setup(df, s, meta, metric, mode) + [_data_line(df, data)])))
+    for table in study_tables(s, study, published=note is None):  # generated data: no published columns
+        table.notes[:0] = [note] if note else []  # right under the table, and in its .md file
         blocks += _table_blocks(table, experiment, report)
     blocks += [Heading(3, "Figures")] + _figures(experiment, study, df, meta, report)
-    blocks += [Heading(3, "Winner")] + _winner(study, t, s, metric, mode, keys)
+    # (a study named "" has no published winner to compare with)
+    blocks += [Heading(3, "Winner")] + _winner(study if note is None else "", t, s, metric, mode, keys)
     return blocks
 
 

@@ -29,9 +29,10 @@ class Table:
     notes: list[str] = field(default_factory=list)
 
 
-def study_tables(summary_rows: pd.DataFrame, study: str) -> list[Table]:
-    """Tables for one experiment's summary rows: the report's ones for its study, else one summary table."""
-    specs = tables_for(study)
+def study_tables(summary_rows: pd.DataFrame, study: str, published: bool = True) -> list[Table]:
+    """Tables for one experiment's summary rows: the report's ones for its study, else (or with `published`
+    False: results on generated data) one summary table."""
+    specs = tables_for(study) if published else ()
     if not specs:
         return [_table(f"{study} summary", f"Study {study}: final-epoch metrics",
                        _frame(summary_rows, FINAL_METRICS, None), FINAL_METRICS, published=False)]

@@ -332,3 +332,18 @@ def test_pbt_members_count_the_epochs_they_trained_and_miss_none_they_skipped(tm
         assert t["missing_epochs"].to_dict() == {"ahead": "", "behind": ""} and not t["incomplete"].any()
         assert t["gpu_hours"].to_dict() == pytest.approx({"ahead": 4 / 6, "behind": 9 / 6})
         assert t.loc["behind", "val_acc"] == pytest.approx(0.06)  # the last epoch it trained
+
+
+def test_a_retried_trial_that_finished_is_not_an_error(tmp_path):
+    """Tune appends to error.txt per failure and keeps it after a retry succeeds."""
+    from analysis.render import to_markdown
+    from analysis.report import build
+
+    folder = write_study(tmp_path, "lr", {"lr": [0.01, 0.05, 0.5]}, epochs=4, crash={(2, 0): 2})
+    for trial in [p for p in folder.iterdir() if "lr=0.05" in p.name or "lr=0.5" in p.name]:
+        (trial / "error.txt").write_text("RuntimeError: worker died\n")  # lr=0.05 was retried and finished
+    (folder / "experiment_state-2024-01-01_00-00-00.json").write_text(json.dumps({"trial_data": [
+        [json.dumps({"trial_id": "lr_00002_0", "status": "TERMINATED"}), "{}"]]}))  # lr=0.5: then stopped early
+    t = analysis.trials(analysis.load(folder)).set_index("configuration")
+    assert t["status"].to_dict() == {"lr=0.01": "finished", "lr=0.05": "finished", "lr=0.5": "stopped_early"}
+    assert "**lr=0.05** has the best final-epoch `val_acc`" in to_markdown(build(folder, log=lambda m: None).blocks)

@@ -203,3 +203,86 @@ def test_the_ranked_section_takes_the_reports_best_on_every_field_and_ranks_by_t
     reference = rows[0]
     assert reference[7] == "+0.0000" and reference[8] == ""  # the reference itself: no test against itself
     assert rows[-1][3] == "3 (1 diverged)"
+
+
+def test_the_report_finds_experiments_and_chains_however_deep(tmp_path):
+    """scripts/budget_comparison.sh writes results/chain/all/chain.json and results/<arm>-<seed>/joint."""
+    from analysis.render import to_markdown
+    from analysis.report import build
+
+    root = tmp_path / "results"
+    write_study(root / "chain" / "all", "lr", {"lr": [0.01, 0.05]}, epochs=2, chain="all")
+    (root / "chain" / "all" / "chain.json").write_text(json.dumps({
+        "order": ["lr"], "carried": {"lr": {}}, "winners": {"lr": {"lr": 0.05}}}))
+    write_study(root / "a" / "b" / "c" / "d", "wd", {"weight_decay": [0.0001, 0.0005]}, epochs=2)
+    md = to_markdown(build(root, log=lambda msg: None).blocks)
+    sections = [line for line in md.splitlines() if line.startswith("## ")]
+    assert sections[:3] == ["## 1. Weight decay (`wd`)", "## 2. Learning rate (`all/lr`)",
+                            "## Carried-forward chain (`all`)"]
+    assert "| lr | (nothing) | lr=0.05 (" in md  # the chain's row found its study's results
+
+
+def generated_study(root, data=None, **kw):
+    """The lr study as a `--smoke` run or `python -m tune_cifar.data synthetic` data leaves it."""
+    folder = write_study(root, "lr", {"lr": [0.01, 0.05]}, epochs=2, **kw)
+    for info in folder.glob("*/run_info.json") if data is not None else ():
+        info.write_text(json.dumps({**json.loads(info.read_text()), "data": data}))
+    return folder
+
+
+def test_a_report_on_generated_data_says_so_everywhere_and_compares_with_nothing_published(tmp_path):
+    from analysis.render import Grid, Para, to_markdown
+    from analysis.report import build
+
+    generated_study(tmp_path, {"generated": True, "train_images": 250, "test_images": 200, "classes": 40})
+    report = build(tmp_path, log=lambda msg: None)
+    blocks, md = report.blocks, to_markdown(report.blocks)
+    assert report.title == "Report: MobileNet on generated data (40 classes), 1 study"
+    assert blocks[0].text == report.title and blocks[1].text.startswith("**Generated data:**")
+    grids = [i for i, b in enumerate(blocks) if isinstance(b, Grid)]
+    assert len(grids) >= 3  # the study's table, the ranking, the cost
+    for i in grids:
+        assert isinstance(blocks[i + 1], Para) and blocks[i + 1].text.startswith("**Generated data:**"), blocks[i].header
+        assert not any("(report)" in h for h in blocks[i].header)
+    assert "10,000 test images" not in md and "200 training, 50 validation and 200 test images of 40 classes" in md
+    assert "The report's winner was" not in md and "Table 1." not in md
+    assert all(md_file.startswith("**lr summary.**") and "**Generated data:**" in md_file
+               for rel, md_file in report.files.items() if rel.startswith("tables/lr_") and rel.endswith(".md"))
+    page = write_report(tmp_path, tmp_path / "out", log=lambda msg: None)["html"].read_text()
+    assert f"<title>{report.title}</title>" in page
+
+
+def test_smoke_results_from_before_the_data_record_are_still_called_generated(tmp_path):
+    from analysis.report import build
+
+    generated_study(tmp_path, carried={"data_dir": "<generated>"})  # what --smoke records as the data folder
+    report = build(tmp_path, log=lambda msg: None)
+    assert report.title == "Report: MobileNet on generated data, 1 study"
+    assert report.blocks[1].text.startswith("**Generated data:**")
+
+
+def test_a_report_on_cifar100_keeps_the_published_columns(tmp_path):
+    from analysis.render import to_markdown
+    from analysis.report import build
+
+    generated_study(tmp_path, {"generated": False, "train_images": 50000, "test_images": 10000, "classes": 100})
+    report = build(tmp_path, log=lambda msg: None)
+    md = to_markdown(report.blocks)
+    assert report.title == "Reproduction report: MobileNet on CIFAR-100, 1 study"
+    assert "Generated data" not in md and "val acc (report)" in md and "The report's winner was" in md
+    assert "40,000 training, 10,000 validation and 10,000 test images of 100 classes" in md
+
+
+def test_a_root_with_generated_and_cifar100_studies_marks_only_the_generated_one(tmp_path):
+    from analysis.render import to_markdown
+    from analysis.report import build
+
+    generated_study(tmp_path, {"generated": True, "train_images": 250, "test_images": 200, "classes": 40})
+    write_study(tmp_path, "wd", {"weight_decay": [0.0001, 0.0005]}, epochs=2)  # CIFAR-100 (recorded before `data`)
+    report = build(tmp_path, log=lambda msg: None)
+    md = to_markdown(report.blocks)
+    assert report.title == "Report: MobileNet on generated data (40 classes) and CIFAR-100, 2 studies"
+    assert report.blocks[1].text.startswith("**Generated data:** `lr` trained on generated images")
+    lr, wd = md.split("(`lr`)")[1].split("\n## ")[0], md.split("(`wd`)")[1].split("\n## ")[0]
+    assert "**Generated data:** this study" in lr and "(report)" not in lr
+    assert "Generated data" not in wd and "weight decay" in wd.lower() and "val acc (report)" in wd

@@ -145,3 +145,14 @@ def test_device_data_is_built_once_per_dataset_copy_split_and_device(synthetic):
     assert D.device_data(data, 0.25, 1, cpu) is not other_split
     again = D.read_cifar100(synthetic)  # another load of the same files is another copy: built anew
     assert D.device_data(again, 0.25, 1, cpu) is not D.device_data(data, 0.25, 1, cpu)
+
+
+def test_generated_data_says_so_and_the_summary_counts_it(tmp_path):
+    """What `python -m tune_cifar.data synthetic` writes is recorded as generated in every trial's run_info."""
+    D.write_synthetic(tmp_path, num_train=60, num_test=20, classes=10)
+    data = D.read_cifar100(tmp_path)
+    assert D.data_summary(data) == {"generated": True, "train_images": 60, "test_images": 20, "classes": 10}
+    train = tmp_path / "cifar-100-python" / "train"
+    payload = pickle.loads(train.read_bytes())
+    train.write_bytes(pickle.dumps({**payload, "batch_label": "training batch 1 of 1"}))  # as the release says
+    assert not D.read_cifar100(tmp_path).generated

@@ -44,7 +44,7 @@ def copy_state(state):
     buf = io.BytesIO()
     torch.save(state, buf)
     buf.seek(0)
-    return torch.load(buf, weights_only=False)
+    return torch.load(buf, weights_only=True)
 
 
 def run_fused(cfgs, data, resume_from=None):
@@ -282,3 +282,14 @@ def test_fusion_method_steps_run_and_are_timed():
     args = argparse.Namespace(k=[1], model="mobilenet", batch_size=4, steps=1, repeats=1)
     rows = bench_methods(args, torch.device("cpu"))["rows"]
     assert rows[0]["k"] == 1 and all(rows[0][f"{m}_images_per_s"] > 0 for m in ("plain", "grouped", "vmap"))
+
+
+def test_a_cpu_group_never_touches_cuda(data, monkeypatch):
+    """On a GPU node a CPU group sees CUDA as available; its checkpoints must not open a CUDA context."""
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for name in ("get_rng_state", "get_rng_state_all", "set_rng_state", "set_rng_state_all"):
+        monkeypatch.setattr(torch.cuda, name, lambda *a, _name=name, **k: calls.append(_name))
+    cfgs = [BASE.replace(epochs=1, seed=1), BASE.replace(epochs=1, seed=2, lr=0.02)]
+    _, groups, states = run_fused(cfgs, data)
+    assert calls == [] and not any("cuda_rng" in m for m in groups[1]["members"] + states)

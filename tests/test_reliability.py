@@ -132,7 +132,7 @@ def test_a_trial_killed_epochs_after_its_checkpoint_resumes_there_with_identical
     assert killed, "the worker was not stopped between epochs 4 and 5"
     trial = killed["trial"]
     assert len(_json(trial / "run_info.json")["starts"]) == 2  # restarted once
-    assert torch.load(trial / "checkpoint_000000" / "state.pt", weights_only=False)["epoch"] == 3
+    assert torch.load(trial / "checkpoint_000000" / "state.pt", weights_only=True)["epoch"] == 3
     df = pd.read_parquet(experiment / "results.parquet")
     assert df["status"].tolist() == ["finished"] * 6 and df["epoch"].tolist() == [1, 2, 3, 4, 5, 6]
     after = {r["epoch"]: r for r in _json(trial / "epochs.json")}

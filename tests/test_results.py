@@ -26,7 +26,8 @@ def test_a_line_cut_by_a_kill_and_then_appended_to_keeps_the_record_after_it():
 @pytest.mark.parametrize("done,diverged,errored,ended,expected", [
     (5, False, False, True, "finished"), (2, True, False, True, "diverged"), (3, False, True, True, "error"),
     (3, False, False, True, "stopped_early"), (3, False, False, False, "incomplete"), (None, False, False, False,
-                                                                                         "incomplete")])
+                                                                                         "incomplete"),
+    (5, False, True, True, "finished"), (2, True, True, True, "error")])  # retried through to the end; crashed
 def test_statuses(done, diverged, errored, ended, expected):
     assert trial_status(done, 5, diverged, errored, ended) == expected
 

@@ -310,3 +310,35 @@ def test_resume_of_a_fused_study_after_the_driver_is_killed(tmp_path, isolated_r
     assert df.groupby("trial_id")["epoch"].apply(list).tolist() == [[1, 2, 3]] * 6
     for name, text in done.items():  # a finished group was not trained again
         assert (experiment / name / "epochs.json").read_text() == text
+
+
+@pytest.fixture(scope="module")
+def smoke_lr_cpu(ray_session, tmp_path_factory):
+    """`lr --smoke`, one epoch, trials without a GPU share: (experiment folder, its run_info records)."""
+    storage = tmp_path_factory.mktemp("smoke-lr-cpu")
+    code, out = run_cli("lr", "--smoke", "--epochs", "1", "--gpus-per-trial", "0", "--storage-path", storage)
+    assert code == 0, out
+    return storage / "lr", _run_infos(storage / "lr")
+
+
+@pytest.mark.slow
+def test_a_trial_without_a_gpu_share_sees_no_gpu(smoke_lr_cpu):
+    """The session's Ray declares a GPU; Ray 2.60 no longer hides it from tasks that asked for none."""
+    _, infos = smoke_lr_cpu
+    assert len(infos) == 3
+    assert [(i["gpu_ids"], i["cuda_visible_devices"], i["config"]["device"]) for i in infos] == [([], "", "cpu")] * 3
+
+
+@pytest.mark.slow
+def test_a_smoke_run_records_its_generated_data_and_its_report_says_so(smoke_lr_cpu):
+    from analysis.render import to_markdown
+    from analysis.report import build
+    from tune_cifar.run import SMOKE
+
+    experiment, infos = smoke_lr_cpu
+    assert [i["data"] for i in infos] == [{"generated": True, "train_images": SMOKE["train"],
+                                           "test_images": SMOKE["test"], "classes": SMOKE["classes"]}] * 3
+    md = to_markdown(build(experiment, log=lambda msg: None).blocks)
+    assert md.startswith(f"# Report: MobileNet on generated data ({SMOKE['classes']} classes), 1 study\n\n"
+                         "**Generated data:** this study")
+    assert f"{SMOKE['test']} test images" in md and "(report)" not in md

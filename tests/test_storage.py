@@ -1,5 +1,7 @@
 """The one atomic writer and the path helpers, on local paths and through pyarrow (file:// URIs)."""
 
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -36,3 +38,22 @@ def test_uris_go_through_pyarrow_and_create_their_folders(tmp_path):
     assert read_text(uri) == "{}" and (tmp_path / "deep" / "er" / "study.json").read_text() == "{}"
     assert not is_nonempty_folder(f"file://{tmp_path}")  # object stores have no folders to check
     assert is_nonempty_folder(tmp_path) and not is_nonempty_folder(tmp_path / "missing")
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_written_files_get_the_permissions_the_umask_gives(tmp_path, umask):
+    """Colleagues on shared NFS or a web-served folder read results and reports as they read any file."""
+    from analysis.report import main
+    from test_analysis_fixtures import write_study
+
+    write_study(tmp_path, "lr", {"lr": [0.01, 0.05]}, epochs=2)
+    old = os.umask(umask)
+    try:
+        results = Path(write_atomic(tmp_path / "lr" / "results.bin", b"\x00"))  # as experiment.py writes results.parquet
+        assert main([str(tmp_path), "--out", str(tmp_path / "report")]) == 0
+    finally:
+        os.umask(old)
+    written = [results, tmp_path / "report" / "report.md", tmp_path / "report" / "report.html",
+               tmp_path / "report" / "tables" / "summary.csv", tmp_path / "report" / "figures" / "lr_overlay.png"]
+    assert {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in written} == \
+        {p.name: oct(0o666 & ~umask) for p in written}

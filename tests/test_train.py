@@ -69,7 +69,7 @@ def _run(cfg, data, resume_from=None):
 
     def on_epoch(metrics, state):
         rows.append(metrics)
-        states[metrics["epoch"]] = torch.load(_roundtrip(state.state_dict()), weights_only=False)  # a real copy
+        states[metrics["epoch"]] = torch.load(_roundtrip(state.state_dict()), weights_only=True)  # a real copy
 
     train(cfg, data, on_epoch, resume_from)
     return rows, states
@@ -317,3 +317,24 @@ def test_resuming_takes_momentum_and_weight_decay_from_the_config_not_the_checkp
     clone = TrainState(TrainConfig(weight_decay=1e-4, momentum=0.8), torch.device("cpu"))
     clone.load_state_dict(donor.state_dict())
     assert {(g["weight_decay"], g["momentum"]) for g in clone.optimizer.param_groups} == {(1e-4, 0.8)}
+
+
+@pytest.fixture
+def cuda_watched(monkeypatch):
+    """A GPU node as a CPU trial sees it: CUDA looks available; every CUDA RNG call is recorded, none runs."""
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    for name in ("get_rng_state", "get_rng_state_all", "set_rng_state", "set_rng_state_all"):
+        monkeypatch.setattr(torch.cuda, name, lambda *a, _name=name, **k: calls.append(_name))
+    return calls
+
+
+def test_a_cpu_run_never_touches_cuda_and_resumes_a_checkpoint_saved_on_two_gpus(small_data, cuda_watched):
+    cfg = TrainConfig(epochs=2, batch_size=64, device="cpu")
+    full, states = _run(cfg, small_data)
+    assert "cuda_rng" not in states[1]
+    from_gpus = {**states[1], "cuda_rng": [torch.zeros(16, dtype=torch.uint8)] * 2}  # saved where 2 GPUs were visible
+    resumed, _ = _run(cfg, small_data, resume_from=from_gpus)
+    assert [r["epoch"] for r in resumed] == [2] and resumed[0]["val_acc"] == full[1]["val_acc"]
+    assert cuda_watched == []

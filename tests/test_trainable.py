@@ -1,10 +1,19 @@
-"""The trainable's checkpoint cadence (a pure function of the epoch and the time since the last save)."""
+"""The trainable's checkpoint cadence (a pure function of the epoch and the time since the last save), and
+what it accepts as a checkpoint."""
+
+import os
 
 import pytest
+import torch
+from ray import tune
 
+from tune_cifar.config import TrainConfig
+from tune_cifar.train import TrainState
 from tune_cifar.trainable import (
+    CHECKPOINT_FILE,
     MIN_CHECKPOINT_GAP_S,
     TrialOptions,
+    _load_checkpoint,
     checkpoint_due,
     checkpoint_interval,
 )
@@ -65,3 +74,36 @@ def test_the_default_bounds_both_storage_traffic_and_repeated_work(epochs, epoch
     every = checkpoint_interval(epochs)
     for a, b in zip([0] + saved, saved + [epochs]):
         assert (b - a) * epoch_s <= options.min_checkpoint_gap_s + every * epoch_s
+
+
+class Payload:
+    """What a tampered checkpoint on shared storage could hold: unpickling it calls os.mkdir(marker)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.mkdir, (self.marker,)
+
+
+def saved_checkpoint(folder, state) -> tune.Checkpoint:
+    folder.mkdir()
+    torch.save(state, folder / CHECKPOINT_FILE)
+    return tune.Checkpoint.from_directory(str(folder))
+
+
+def test_a_pickle_payload_in_a_checkpoint_is_refused_in_one_line_and_never_runs(tmp_path, capsys):
+    marker = tmp_path / "payload-ran"
+    state = {**TrainState(TrainConfig(device="cpu"), torch.device("cpu")).state_dict(), "extra": Payload(str(marker))}
+    assert _load_checkpoint(saved_checkpoint(tmp_path / "ckpt", state)) is None  # the trial starts over
+    assert not marker.exists()
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "not loaded" in err and "starting the trial over" in err
+
+
+def test_the_projects_own_checkpoints_load_through_the_safe_path(tmp_path):
+    state = TrainState(TrainConfig(device="cpu", seed=3), torch.device("cpu"))
+    state.epoch = 2
+    loaded = _load_checkpoint(saved_checkpoint(tmp_path / "ckpt", state.state_dict()))
+    assert loaded["epoch"] == 2 and loaded["config"] == state.cfg.to_dict()
+    assert all(torch.equal(loaded["model"][k], v) for k, v in state.model.state_dict().items())

@@ -24,6 +24,7 @@ NUM_CLASSES = 100
 IMAGE_SHAPE = (3, 32, 32)
 PAD = 4  # zero padding before the random 32x32 crop
 RELEASE_DIR = "cifar-100-python"
+SYNTHETIC_LABEL = "synthetic"  # write_synthetic's batch_label starts with it; the release's say "training batch"
 
 
 class DataError(RuntimeError):
@@ -40,6 +41,7 @@ class CifarData:
     test_y: np.ndarray
     class_names: list[str]
     source: str = ""
+    generated: bool = False  # written by write_synthetic (its files say so), not the CIFAR-100 release
     # This copy's identity, kept through pickling (Ray's object store): what device_data() caches by.
     key: str = field(default_factory=lambda: uuid.uuid4().hex, compare=False, repr=False)
 
@@ -64,7 +66,8 @@ def _read_pickle(path: Path) -> dict:
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in raw.items()}
 
 
-def _read_split(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def _read_split(path: Path) -> tuple[np.ndarray, np.ndarray, str]:
+    """Images, labels and the file's batch_label ("synthetic train (seed 0)" for generated data)."""
     d = _read_pickle(path)
     for key in ("data", "fine_labels"):
         if key not in d:
@@ -79,16 +82,23 @@ def _read_split(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"{path}: {len(data)} images but {len(labels)} labels")
     if len(labels) and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
         raise DataError(f"{path}: labels outside 0..{NUM_CLASSES - 1}")
-    return data.reshape(-1, *IMAGE_SHAPE), labels  # rows are channel-major: R plane, G, B
+    return data.reshape(-1, *IMAGE_SHAPE), labels, str(d.get("batch_label", ""))  # rows channel-major: R, G, B
 
 
 def read_cifar100(data_dir: str | os.PathLike) -> CifarData:
     root = Path(data_dir) / RELEASE_DIR
-    train_x, train_y = _read_split(root / "train")
-    test_x, test_y = _read_split(root / "test")
+    train_x, train_y, label = _read_split(root / "train")
+    test_x, test_y, _ = _read_split(root / "test")
     meta = _read_pickle(root / "meta")
     names = list(meta.get("fine_label_names", [str(i) for i in range(NUM_CLASSES)]))
-    return CifarData(train_x, train_y, test_x, test_y, names, source=str(root))
+    return CifarData(train_x, train_y, test_x, test_y, names, source=str(root),
+                     generated=label.startswith(SYNTHETIC_LABEL))
+
+
+def data_summary(data: CifarData) -> dict:
+    """What a trial trained on, for run_info.json: the report says when results come from generated data."""
+    return {"generated": data.generated, "train_images": len(data.train_y), "test_images": len(data.test_y),
+            "classes": int(len(np.unique(data.train_y)))}
 
 
 def has_dataset(data_dir: str | os.PathLike) -> bool:
@@ -161,7 +171,7 @@ def write_synthetic(out: str | os.PathLike, num_train: int = 2000, num_test: int
             labels[flipped] = rng.integers(0, classes, int(flipped.sum()))
         payload = {
             "filenames": [f"synthetic_{name}_{i}.png" for i in range(n)],
-            "batch_label": f"synthetic {name} (seed {seed})",
+            "batch_label": f"{SYNTHETIC_LABEL} {name} (seed {seed})",  # how read_cifar100 tells it is generated
             "fine_labels": labels.tolist(),
             "coarse_labels": coarse_of_fine[labels].tolist(),
             "data": images.reshape(n, -1),

@@ -267,7 +267,7 @@ class FusedState:
                          for i in range(len(self._param_names))}
         state = {"config": cfg.to_dict(), "epoch": epochs_done, "model": model,
                  "optimizer": {"state": opt_state, "param_groups": [group]}, "torch_rng": torch.get_rng_state()}
-        if torch.cuda.is_available():
+        if self.device.type == "cuda":  # a CPU group never opens a CUDA context (train.TrainState)
             state["cuda_rng"] = torch.cuda.get_rng_state_all()
         return state
 

@@ -133,8 +133,11 @@ def parse_result_lines(text: str) -> list[dict[str, Any]]:
 
 
 def trial_status(epochs_done: int | None, planned: int, diverged: bool, errored: bool, ended: bool) -> str:
-    """The statuses of schema.STATUSES; `ended`: Tune ended the trial itself (not an interrupted study)."""
-    if errored:
+    """The statuses of schema.STATUSES; `ended`: Tune ended the trial itself (not an interrupted study).
+
+    `errored`: the trainable raised at least once. Tune keeps a trial's error after a retry succeeds, so a
+    trial that reached its final epoch is finished whatever came before."""
+    if errored and not (epochs_done is not None and epochs_done >= planned):
         return ERROR
     if diverged:
         return DIVERGED

@@ -8,7 +8,7 @@ filesystems (object stores publish a written object whole or not at all).
 from __future__ import annotations
 
 import os
-import tempfile
+import uuid
 from pathlib import Path
 
 
@@ -56,7 +56,10 @@ def write_atomic(path: str | os.PathLike, data: str | bytes) -> str:
         return str(path)
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    # Not mkstemp: its files are mode 0600. Created with 0666, the kernel applies the umask (and a folder's
+    # default ACL), so results and reports are as readable as any file the user makes, e.g. on shared NFS.
+    tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(payload)

@@ -73,6 +73,7 @@ class TrainState:
 
     def __init__(self, cfg: TrainConfig, device: torch.device):
         self.cfg = cfg
+        self.device = device
         torch.manual_seed(cfg.seed)
         self.model = build_model(cfg.model, dropout=cfg.dropout, drop_path=cfg.drop_path).to(device)
         if cfg.channels_last:
@@ -88,7 +89,7 @@ class TrainState:
             "optimizer": self.optimizer.state_dict(),
             "torch_rng": torch.get_rng_state(),
         }
-        if torch.cuda.is_available():
+        if self.device.type == "cuda":  # reading CUDA's RNG opens a context on every visible GPU
             state["cuda_rng"] = torch.cuda.get_rng_state_all()
         return state
 
@@ -111,10 +112,17 @@ class TrainState:
                 group.update(momentum=self.cfg.momentum, weight_decay=self.cfg.weight_decay)
             self.epoch = int(state["epoch"])
             torch.set_rng_state(state["torch_rng"])
+            if self.device.type == "cuda":
+                restore_cuda_rng(state.get("cuda_rng", []))
         except (KeyError, RuntimeError, TypeError, ValueError) as e:
             raise CheckpointMismatch(f"checkpoint does not fit this run ({type(e).__name__}: {e})") from None
-        if "cuda_rng" in state and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
+
+
+def restore_cuda_rng(states: list[torch.Tensor]) -> None:
+    """The saved states of the GPUs visible here. A run trains on its first visible GPU, so a checkpoint
+    saved where more were visible (a restart on a smaller node) keeps what matters; a CPU run touches none."""
+    for index, rng in enumerate(states[:torch.cuda.device_count()]):
+        torch.cuda.set_rng_state(rng, index)
 
 
 EpochCallback = Callable[[dict[str, Any], TrainState], None]

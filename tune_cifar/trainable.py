@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import socket
 import sys
 import tempfile
@@ -19,7 +20,7 @@ import torch
 from ray import tune
 
 from tune_cifar.config import TrainConfig
-from tune_cifar.data import CifarData, device_data
+from tune_cifar.data import CifarData, data_summary, device_data
 from tune_cifar.provenance import provenance
 from tune_cifar.storage import join, read_text, write_atomic
 from tune_cifar.train import CheckpointMismatch, TrainState, pick_device, train
@@ -75,6 +76,7 @@ def train_trial(config: dict[str, Any], data: CifarData, options: TrialOptions =
         config["seed"] = int(config.pop("__trial_index__"))
     ctx = tune.get_context()
     gpu_ids = [str(g) for g in ray.get_gpu_ids()]
+    hide_gpus_without_share(gpu_ids, config.get("device", "auto"))
     trial_dir = trial_folder(options)
     trial_id = ctx.get_trial_id()
     resume_from = _load_checkpoint(tune.get_checkpoint())
@@ -87,7 +89,7 @@ def train_trial(config: dict[str, Any], data: CifarData, options: TrialOptions =
     # A checkpoint saved by another trial is PBT's exploit: this trial goes on from the donor's state.
     donor = (resume_from or {}).get("trial_id")
     exploit = {"epoch": int(resume_from["epoch"]), "donor": donor} if donor not in (None, trial_id) else None
-    _write_run_info(trial_dir, run_info.get("starts", []), cfg, options, gpu_ids)
+    _write_run_info(trial_dir, run_info.get("starts", []), cfg, options, gpu_ids, data_summary(data))
     splits = device_data(data, cfg.val_fraction, cfg.split_seed, pick_device(cfg.device))
     saved_at = time.monotonic()  # this run's start: a kill before its first checkpoint repeats what ran since
 
@@ -116,6 +118,7 @@ def train_group(config: dict[str, Any], data: CifarData, options: TrialOptions =
     logging.getLogger("ray.train").setLevel(logging.WARNING)
     ctx = tune.get_context()
     gpu_ids = [str(g) for g in ray.get_gpu_ids()]
+    hide_gpus_without_share(gpu_ids, config["members"][0].get("device", "auto"))
     trial_dir = trial_folder(options)
     resume_from = _load_checkpoint(tune.get_checkpoint())
     run_info = _read_run_info(trial_dir)  # an earlier start's, if any
@@ -124,7 +127,7 @@ def train_group(config: dict[str, Any], data: CifarData, options: TrialOptions =
     precision = next((p for p in earlier if p in ("fp32", "bf16")), None)
     cfgs = [resolve_once(TrainConfig.from_dict(member), precision, bool(gpu_ids)) for member in config["members"]]
     torch.set_num_threads(max(1, int(ctx.get_trial_resources().required_resources.get("CPU", 1))))
-    _write_run_info(trial_dir, run_info.get("starts", []), cfgs[0], options, gpu_ids, members=cfgs)
+    _write_run_info(trial_dir, run_info.get("starts", []), cfgs[0], options, gpu_ids, data_summary(data), members=cfgs)
     splits = device_data(data, cfgs[0].val_fraction, cfgs[0].split_seed, pick_device(cfgs[0].device))
     pending: dict[str, dict[str, Any]] = {}
     saved_at = time.monotonic()
@@ -147,6 +150,15 @@ def train_group(config: dict[str, Any], data: CifarData, options: TrialOptions =
             saved_at = time.monotonic()
 
     _start_over_on_mismatch(lambda resume: train_fused(cfgs, splits, report, resume), resume_from, options.study)
+
+
+def hide_gpus_without_share(gpu_ids: list[str], device: str) -> None:
+    """A trial Ray gave no GPU sees none. Ray 2.60 no longer sets CUDA_VISIBLE_DEVICES="" for such tasks, so
+    on a GPU node a CPU trial would see every GPU, and any CUDA call (an RNG state) would open a context on
+    GPU 0, taking memory from the trials that own it. Set before this process first touches CUDA, which
+    reads the variable once. An explicit `device="cuda"` is left to fail or run as the user asked."""
+    if not gpu_ids and device != "cuda":
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
 
 def _start_over_on_mismatch(run: Callable[[Any], None], resume_from: Any, study: str) -> None:
@@ -208,14 +220,21 @@ def _load_checkpoint(checkpoint: tune.Checkpoint | None) -> dict[str, Any] | Non
         return None
     try:
         with checkpoint.as_directory() as d:
-            return torch.load(os.path.join(d, CHECKPOINT_FILE), map_location="cpu", weights_only=False)
-    except Exception as e:  # truncated file, foreign pickle, missing file: all mean "start over"
-        print(f"checkpoint unreadable ({type(e).__name__}: {e}); starting the trial over", file=sys.stderr)
+            # weights_only: tensors and plain containers only. A checkpoint on shared storage is a pickle anyone
+            # with write access could have replaced, and a full unpickle would run whatever code it names.
+            return torch.load(os.path.join(d, CHECKPOINT_FILE), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        print("checkpoint not loaded: torch.load(weights_only=True) refused it (it holds objects other than tensors "
+              "and plain values: foreign, tampered or not a checkpoint); starting the trial over", file=sys.stderr)
+        return None
+    except Exception as e:  # truncated file, missing file: all mean "start over"
+        first_line = (str(e).splitlines() or [""])[0]
+        print(f"checkpoint unreadable ({type(e).__name__}: {first_line}); starting the trial over", file=sys.stderr)
         return None
 
 
 def _write_run_info(trial_dir: str, starts: list[float], cfg: TrainConfig, options: TrialOptions,
-                    gpu_ids: list[str], members: list[TrainConfig] | None = None) -> None:
+                    gpu_ids: list[str], data: dict[str, Any], members: list[TrainConfig] | None = None) -> None:
     """What produced this trial, beside its results; restarts are appended to the earlier `starts` (PBT's
     exploits are in the results: the `donor` of the first epoch after each)."""
     ctx = tune.get_context()
@@ -225,6 +244,7 @@ def _write_run_info(trial_dir: str, starts: list[float], cfg: TrainConfig, optio
         "trial_id": ctx.get_trial_id(),
         "config": cfg.to_dict(),
         "seed": cfg.seed,
+        "data": data,  # generated or the release, and its sizes (tune_cifar.data.data_summary)
         "resources": {"cpu": resources.get("CPU", 0), "gpu": resources.get("GPU", 0)},
         "gpu_ids": gpu_ids,
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
