@@ -39,12 +39,20 @@ def records_of(result: dict[str, Any]) -> list[dict[str, Any]]:
             for k, metrics in result["members"].items()]
 
 
+def trial_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A trial's config as it trained: a Repeater's copy number (`__trial_index__`) is that copy's seed."""
+    config = dict(config)
+    if "__trial_index__" in config:
+        config["seed"] = int(config.pop("__trial_index__"))
+    return config
+
+
 def member_trials(trial_id: str, config: dict[str, Any]) -> list[tuple[str, int | None, dict[str, Any]]]:
     """(trial id, member index, config) of every configuration a Tune trial trained: itself, or each
     member of a fused group (`config["members"]`), as `<group trial id>-<index>`."""
     members = config.get("members")
     if not isinstance(members, list):
-        return [(trial_id, None, config)]
+        return [(trial_id, None, trial_config(config))]
     return [(f"{trial_id}-{k}", k, member) for k, member in enumerate(members)]
 
 
