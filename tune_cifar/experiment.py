@@ -23,7 +23,7 @@ from typing import Any
 import pandas as pd
 
 from tune_cifar import results, search
-from tune_cifar.config import ConfigError
+from tune_cifar.config import ConfigError, TrainConfig
 from tune_cifar.data import CifarData
 from tune_cifar.storage import is_nonempty_folder, is_uri, join, read_text, write_atomic
 from tune_cifar.search import SearchPlan
@@ -90,13 +90,25 @@ def fused_groups(study: Study, opts: RunOptions, carried: dict[str, Any]) -> lis
     """The grid's configurations (times seeds) as fusable groups of at most opts.fuse, each a list of config dicts."""
     from tune_cifar.fused import group_configs
 
-    overrides = _overrides(opts)
-    cfgs = [c.replace(**overrides, seed=seed) for c in study.configs(carried) for seed in range(opts.seeds)]
+    cfgs = planned_trials(study, opts, carried, study.plan)
     return [[cfgs[i].to_dict() for i in group] for group in group_configs(cfgs, opts.fuse)]
 
 
+def planned_trials(study: Study, opts: RunOptions, carried: dict[str, Any], plan: SearchPlan) -> list[TrainConfig]:
+    """Every trial grid or random search runs, in order: each of search.points (grid points, with their
+    draws of the sampled fields) once per seed, so a configuration's trials differ in their seed alone."""
+    base = study.base_config(carried).replace(**_overrides(opts))
+    study.configs(carried)  # validates every grid point and domain edge before anything runs
+    seeds = range(opts.seeds) if opts.seeds > 1 else [base.seed]
+    return [base.replace(**point, seed=seed) for point in search.points(study.space, plan) for seed in seeds]
+
+
 def param_space(study: Study, opts: RunOptions, carried: dict[str, Any], plan: SearchPlan) -> dict[str, Any]:
-    """A full TrainConfig dict with the study's space over it (grid axes, domains or choices) and seeds."""
+    """A full TrainConfig dict with the study's space over it (grid axes, domains or choices) and seeds.
+
+    Grid and random search run exactly their planned trials, given to Tune's generator as points over
+    this space (searcher_points): the space then only checks them.
+    """
     from ray import tune
 
     base = study.base_config(carried).replace(**_overrides(opts))
@@ -108,6 +120,14 @@ def param_space(study: Study, opts: RunOptions, carried: dict[str, Any], plan: S
     if opts.fuse:  # one trial per fused group, each holding its members' whole configurations
         space = {"members": tune.grid_search(fused_groups(study, opts, carried))}
     return space
+
+
+def searcher_points(study: Study, opts: RunOptions, carried: dict[str, Any], plan: SearchPlan) -> list[dict] | None:
+    """What grid and random search hand Tune's generator: each planned trial's varied fields and seed."""
+    if opts.fuse or plan.search not in ("grid", "random"):
+        return None
+    keys = [*study.space, "seed"]
+    return [{k: getattr(cfg, k) for k in keys} for cfg in planned_trials(study, opts, carried, plan)]
 
 
 def _overrides(opts: RunOptions) -> dict[str, Any]:
@@ -275,14 +295,16 @@ def run_study(study: Study, data: CifarData, opts: RunOptions, storage: str, car
         run_config.callbacks = [EpochRecorder()] + ([] if opts.verbose else [progress])
         run_config.verbose = None if opts.verbose else 0
     else:
-        alg = search.searcher(plan, study.metric, study.mode, opts.seeds, opts.max_concurrent)
+        points = searcher_points(study, opts, carried, plan)
+        alg = search.searcher(plan, study.metric, study.mode, opts.seeds, opts.max_concurrent, points)
+        samples = plan.num_samples * (opts.seeds if alg is not None else 1)
         tuner = tune.Tuner(
             trainable,
             param_space=param_space(study, opts, carried, plan),
             tune_config=tune.TuneConfig(
                 metric=study.metric, mode=study.mode, search_alg=alg,
                 scheduler=search.scheduler(plan, study.space, epochs),
-                num_samples=plan.num_samples * (opts.seeds if alg is not None else 1),
+                num_samples=len(points) if points is not None else samples,
                 # a searcher is limited by its ConcurrencyLimiter; Tune's generator by this
                 max_concurrent_trials=None if alg is not None else opts.max_concurrent,
                 # Reusing trial actors saves ~4 s of process start-up per trial (python -m tune_cifar.bench, part 4).
