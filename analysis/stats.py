@@ -98,19 +98,21 @@ def _trial_row(g: pd.DataFrame) -> dict:
 def summary(df: pd.DataFrame) -> pd.DataFrame:
     """One row per configuration: final-epoch metrics as mean, std and 95% CI over seeds, plus cost.
 
-    Statistics use the trials that tune_cifar.ranking counts (finished, or stopped by divergence).
-    A configuration with none shows what its other trials reached, is flagged, and is not ranked
-    (`n_counted` is 0).
+    Statistics use the trials that tune_cifar.ranking counts (finished, or stopped by divergence),
+    one sample per seed: copies of a seed (the same configuration and seed run twice) are pooled
+    into their mean, and `n_copies` says how many extra runs were pooled. A configuration with none
+    shows what its other trials reached, is flagged, and is not ranked (`n_counted` is 0).
     """
     t = trials(df)
     config_cols = [c for c in t.columns if c.startswith("config/")
                    and c.removeprefix("config/") in IDENTITY_FIELDS]
     rows = []
     for keys, g in t.groupby(GROUP, sort=False):
-        used = g[g["finished"]] if g["finished"].any() else g
+        used = per_seed(g[g["finished"]] if g["finished"].any() else g)
         row = dict(zip(GROUP, keys))
         row.update({c: g[c].iloc[0] for c in config_cols})
-        row.update(n_seeds=len(used), n_counted=int(g["finished"].sum()), n_trials=len(g),
+        row.update(n_seeds=len(used), n_counted=int(g.loc[g["finished"], "seed"].nunique()), n_trials=len(g),
+                   n_copies=int(g["finished"].sum() - g.loc[g["finished"], "seed"].nunique()),
                    n_stopped_early=int(g["stopped_early"].sum()),
                    epochs_saved=int((g["epochs_planned"] - g["last_epoch"])[g["stopped_early"]].sum()),
                    seeds=" ".join(map(str, sorted(used["seed"]))),
@@ -127,6 +129,11 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
     # value, as the runner's own winner pick does
     out["_order"] = pd.factorize(out["experiment"])[0]
     return out.sort_values(["_order", *config_cols], kind="stable", ignore_index=True).drop(columns="_order")
+
+
+def per_seed(trial_rows: pd.DataFrame) -> pd.DataFrame:
+    """One row per seed: trials with the same seed (copies of one run) pooled into their mean metrics."""
+    return trial_rows.groupby("seed", sort=True, as_index=False, dropna=False)[list(FINAL_METRICS)].mean()
 
 
 def _missing_note(incomplete: pd.DataFrame) -> str:
@@ -241,4 +248,4 @@ def holm(p_values: list[float]) -> list[float]:
 
 def _counted_values(t: pd.DataFrame, row: pd.Series, metric: str) -> np.ndarray:
     mine = t[(t["experiment"] == row["experiment"]) & (t["configuration"] == row["configuration"])]
-    return mine.loc[mine["finished"], metric].to_numpy(float)
+    return per_seed(mine[mine["finished"]])[metric].to_numpy(float)  # copies of a seed are one sample

@@ -226,3 +226,23 @@ def test_summary_of_a_bare_frame_labels_configurations_by_what_varies():
     bare = frame({"a": [0.1, 0.2], "b": [0.3, 0.4]}).drop(columns=["configuration", "experiment"])
     s = analysis.summary(bare)
     assert s["configuration"].tolist() == ["lr=0.01", "lr=0.02"] and s["n_seeds"].tolist() == [2, 2]
+
+
+def test_copies_of_a_seed_are_pooled_as_one_seed_not_counted_as_three():
+    """`lr --search random --num-samples 3` over a list gave each lr three runs, all seed 0."""
+    from tune_cifar.results import final_table
+
+    copies = frame({"lr=0.01": [0.600, 0.601, 0.599], "lr=0.02": [0.500, 0.502, 0.498]}).assign(seed=0)
+    s = analysis.summary(copies).set_index("configuration")
+    assert s["n_seeds"].tolist() == [1, 1] and s["n_copies"].tolist() == [2, 2] and s["n_counted"].tolist() == [1, 1]
+    assert s.loc["lr=0.01", "val_acc_mean"] == pytest.approx(0.6) and math.isnan(s.loc["lr=0.01", "val_acc_std"])
+    c = analysis.compare_winner(analysis.trials(copies), analysis.summary(copies))
+    assert c.winner == "lr=0.01" and c.test is None and c.verdict.startswith("untested")  # not "beyond seed noise"
+    table = final_table(copies, ["lr"], "val_acc", "max")  # the runner's own table and winner
+    assert table["seeds"].tolist() == [1, 1] and table["trials"].tolist() == [3, 3]
+    assert table.loc[table["winner"] == "*", "lr"].tolist() == [0.01]
+    t1 = study_tables(analysis.summary(copies), "lr")[0]
+    assert "2 repeated run(s) of a seed pooled" in t1.frame.set_index("configuration").loc["lr=0.01", "status"]
+    # two distinct seeds stay two samples
+    seeds = frame({"lr=0.01": [0.600, 0.601, 0.599], "lr=0.02": [0.500, 0.502, 0.498]})
+    assert analysis.summary(seeds)["n_seeds"].tolist() == [3, 3]

@@ -5,7 +5,9 @@
   (`incomplete`) and scheduler-stopped (`stopped_early`) trials do not count: their last epoch
   is not the final one, so averaging it in would compare a configuration at epoch 3 with one at
   epoch 300. A scheduler's survivors reached their final epoch and count as `finished`.
-- A configuration's score is the mean over its counted trials (seeds) of the final-epoch metric.
+- A configuration's score is the mean over its counted seeds of the final-epoch metric. Trials of
+  one configuration with the same seed are copies of one run (a searcher can suggest a point
+  twice): they are pooled into one seed (their mean), never counted as independent samples.
   A configuration with no counted trial is not ranked.
 - A configuration with a diverged seed ranks below every configuration without one, whatever its
   mean: a setting that sometimes blows up is not a winner.
@@ -30,20 +32,23 @@ def counts(status: str) -> bool:
 
 
 def score_configurations(trials: pd.DataFrame, keys: Sequence[str], metric: str) -> pd.DataFrame:
-    """One row per configuration (the `keys` columns) from one row per trial (`status`, `metric`).
+    """One row per configuration (the `keys` columns) from one row per trial (`seed`, `status`, `metric`).
 
-    Columns added: `score` (mean of `metric` over counted trials), `n_counted`, `n_trials`, `diverged`
-    (any counted trial diverged).
+    Columns added: `score` (mean over counted seeds of `metric`, copies of a seed pooled first),
+    `n_counted` (distinct counted seeds), `n_trials`, `diverged` (any counted trial diverged).
     """
     t = trials.assign(_counted=trials["status"].map(counts),
                       _diverged=trials["status"] == DIVERGED,
                       _value=pd.to_numeric(trials[metric], errors="coerce"))
-    t["_counted_value"] = t["_value"].where(t["_counted"])
+    counted = t[t["_counted"]]
+    per_seed = counted.groupby([*keys, "seed"], dropna=False, sort=False)["_value"].mean().reset_index()
+    scores = per_seed.groupby(list(keys), dropna=False, sort=False).agg(score=("_value", "mean"),
+                                                                        n_counted=("seed", "size"))
     grouped = t.groupby(list(keys), dropna=False, sort=False)
-    out = grouped.agg(score=("_counted_value", "mean"), n_counted=("_counted", "sum"),
-                      n_trials=("status", "size"), diverged=("_diverged", "any")).reset_index()
-    out["n_counted"] = out["n_counted"].astype(int)
-    return out
+    out = grouped.agg(n_trials=("status", "size"), diverged=("_diverged", "any")).reset_index()
+    out = out.merge(scores, left_on=list(keys), right_index=True, how="left")
+    out["n_counted"] = out["n_counted"].fillna(0).astype(int)
+    return out[[*keys, "score", "n_counted", "n_trials", "diverged"]]
 
 
 def rank(configs: pd.DataFrame, keys: Sequence[str], mode: str, score: str = "score") -> pd.DataFrame:
