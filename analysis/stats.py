@@ -151,13 +151,14 @@ def _missing_note(incomplete: pd.DataFrame) -> str:
 
 def ranked(summary_rows: pd.DataFrame, metric: str = "val_acc", mode: str = "max",
            keys: list[str] | None = None) -> pd.DataFrame:
-    """Best first, by tune_cifar.ranking's rule; `keys` (config/<field> columns) break ties in order.
+    """Best first, by tune_cifar.ranking's rule: equal means break by the mean of ranking.TIEBREAK,
+    then by `keys` (config/<field> columns) in order.
 
     The default keys are every identity column; pass the study's varied fields first to break ties
     exactly as the runner does.
     """
     keys = keys or [c for c in summary_rows.columns if c.startswith("config/")]
-    return ranking.rank(summary_rows, keys, mode, score=f"{metric}_mean")
+    return ranking.rank(summary_rows, keys, mode, score=f"{metric}_mean", tiebreak=f"{ranking.TIEBREAK}_mean")
 
 
 @dataclass(frozen=True)
@@ -209,7 +210,11 @@ def compare_winner(t: pd.DataFrame, summary_rows: pd.DataFrame, metric: str = "v
     others = tuple(PairTest(o["configuration"], m, len(b), w, q) for (o, b, m, w), q in zip(pairs, adjusted))
     second, b, margin, test = pairs[0]
     n_tests = sum(p.test is not None and not math.isnan(p.test.p_value) for p in others)
-    if math.isclose(margin, 0.0, abs_tol=1e-12):
+    loss = f"{ranking.TIEBREAK}_mean"
+    if math.isclose(margin, 0.0, abs_tol=1e-12) and top.get(loss, math.nan) < second.get(loss, math.nan):
+        verdict = (f"tied: winner and runner-up have the same mean; the winner has the lower mean {ranking.TIEBREAK} "
+                   f"({top[loss]:.4f} vs {second[loss]:.4f}), which breaks the tie")
+    elif math.isclose(margin, 0.0, abs_tol=1e-12):
         verdict = "tied: winner and runner-up have the same mean, so the pick between them is arbitrary"
     elif test is None:
         verdict = ("untested: fewer than two seeds per configuration, so the margin cannot be "

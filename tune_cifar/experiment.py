@@ -151,7 +151,7 @@ def study_record(study: Study, opts: RunOptions, carried: dict[str, Any], res: d
     for key in study.space:
         base[key] = None
     space = {k: (search.describe(v) if search.is_domain(v) else v) for k, v in study.space.items()}
-    return {"study": study.name, "title": study.title, "description": study.description, "metric": study.metric,
+    return {"study": study.name, "title": study.title, "description": study.described(carried), "metric": study.metric,
             "mode": study.mode, "space": space, "base": base, "carried": carried, "seeds": opts.seeds,
             "search": asdict(plan), "strategy": plan.label(), "fuse": opts.fuse, "resources": res, "chain": chain,
             "options": {k: getattr(opts, k) for k in RECORDED_OPTIONS}}
@@ -324,7 +324,7 @@ def run_study(study: Study, data: CifarData, opts: RunOptions, storage: str, car
     per_trial = f"{res['cpu']:g} CPU" + (f" and {res['gpu']:g} GPU" if res["gpu"] else "")
     what = (f"{n_configs} trials fused into {n_trials} groups of up to {opts.fuse}" if opts.fuse
             else f"{n_trials} trials")
-    print(f"[{study.name}] {study.description}\n[{study.name}] {what}, up to {epochs} epochs "
+    print(f"[{study.name}] {study.described(carried)}\n[{study.name}] {what}, up to {epochs} epochs "
           f"({plan.label()}), {per_trial} each, carried {carried or 'nothing'}; results in {path}", file=sys.stderr)
     with _quiet_tune(not opts.verbose):
         grid = tuner.fit()
@@ -377,16 +377,17 @@ def run(study: Study, data: CifarData, opts: RunOptions, given: set[str] = froze
         return {study.name: df}
     storage = join(opts.storage_path, study.name)
     carried: dict[str, Any] = {}
-    chain_log: dict[str, Any] = {"order": list(study.chain), "carried": {}, "winners": {}}
+    chain_log: dict[str, Any] = {"order": list(study.chain), "carried": {}, "descriptions": {}, "winners": {}}
     frames = {}
     for name in study.chain:
         sub = load_study(name)
-        chain_log["carried"][name] = dict(carried)
+        chain_log["carried"][name] = {k: v for k, v in carried.items() if k not in sub.space}  # what it ran with
+        chain_log["descriptions"][name] = sub.described(carried)
         sub_opts = opts
         if opts.resume and read_text(join(storage, name, "study.json")) is None:
             sub_opts = replace(opts, resume=False)  # the chain stopped before this study began
         df = run_study(sub, data, sub_opts, storage, carried, chain=study.name, given=given)
-        _print_table(df, sub)
+        _print_table(df, sub, carried)
         frames[name] = df
         won = results.winner(df, list(sub.space), sub.metric, sub.mode)
         if won is None:
@@ -398,14 +399,14 @@ def run(study: Study, data: CifarData, opts: RunOptions, given: set[str] = froze
     return frames
 
 
-def _print_table(df: pd.DataFrame, study: Study) -> None:
+def _print_table(df: pd.DataFrame, study: Study, carried: dict[str, Any] | None = None) -> None:
     if df.empty:
         print(f"\n== {study.name}: no results ==", flush=True)
         return
     table = results.final_table(df, list(study.space), study.metric, study.mode)
     shown = table.head(TABLE_ROWS)
     more = f"\n({len(table) - TABLE_ROWS} more configurations in results.parquet)" if len(table) > TABLE_ROWS else ""
-    print(f"\n== {study.name}: {study.description}\n{results.format_table(shown)}{more}", flush=True)
+    print(f"\n== {study.name}: {study.described(carried)}\n{results.format_table(shown)}{more}", flush=True)
     won = table[table["winner"] == "*"]
     if not won.empty:
         values = ", ".join(f"{k}={won.iloc[0][k]}" for k in study.space)
