@@ -12,6 +12,7 @@ from scipy import stats
 
 from analysis.loading import IDENTITY_FIELDS, configuration_labels
 from tune_cifar import ranking
+from tune_cifar.results import REUSED_FROM
 from tune_cifar.schema import DIVERGED, ERROR, FINAL_METRICS, INCOMPLETE, STOPPED_EARLY
 CONFIDENCE = 0.95
 GROUP = ["experiment", "study", "configuration"]
@@ -89,9 +90,14 @@ def _trial_row(g: pd.DataFrame) -> dict:
             row[m] = float(present.iloc[-1]) if len(present) else math.nan
         else:
             row[m] = float(last[m]) if last is not None else math.nan
-    row["wall_s"] = float(g["epoch_s"].fillna(0).sum())
-    row["gpu_hours"] = float((g["epoch_s"].fillna(0) * gpu).sum() / 3600)
-    row["cpu_hours"] = float((g["epoch_s"].fillna(0) * cpu).sum() / 3600)
+    # a chained study's trial reused from an earlier study's (REUSED_FROM) trained nothing: that trial paid
+    reused = REUSED_FROM in g and isinstance(first[REUSED_FROM], str) and bool(first[REUSED_FROM])
+    row[REUSED_FROM] = first[REUSED_FROM] if reused else ""
+    paid = 0.0 if reused else 1.0
+    row["epochs_trained"] = 0 if reused else len(seen)
+    row["wall_s"] = paid * float(g["epoch_s"].fillna(0).sum())
+    row["gpu_hours"] = paid * float((g["epoch_s"].fillna(0) * gpu).sum() / 3600)
+    row["cpu_hours"] = paid * float((g["epoch_s"].fillna(0) * cpu).sum() / 3600)
     return row
 
 
