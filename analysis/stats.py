@@ -119,6 +119,7 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
         row.update({c: g[c].iloc[0] for c in config_cols})
         row.update(n_seeds=len(used), n_counted=int(g.loc[g["finished"], "seed"].nunique()), n_trials=len(g),
                    n_copies=int(g["finished"].sum() - g.loc[g["finished"], "seed"].nunique()),
+                   n_reused=int((g[REUSED_FROM] != "").sum()),  # trials that are an earlier study's runs
                    n_stopped_early=int(g["stopped_early"].sum()),
                    epochs_saved=int((g["epochs_planned"] - g["last_epoch"])[g["stopped_early"]].sum()),
                    seeds=" ".join(map(str, sorted(used["seed"]))),

@@ -64,6 +64,11 @@ def test_a_reused_trial_costs_nothing_in_the_analysis():
     assert t.loc[copy, "epochs_trained"] == 0 and t.loc[copy, "reused_from"] == f"lr/{winner}"
     s = analysis.summary(df)  # in its own study it is a configuration like any other, counted once
     assert s.loc[s["experiment"] == "all/lrs", "n_seeds"].tolist() == [1, 1]
+    assert s.loc[s["experiment"] == "all/lrs", "n_reused"].tolist() == [1, 0]  # constant, then cosine
+    from analysis.tables import study_tables
+
+    lrs_tables = study_tables(s[s["experiment"] == "all/lrs"], "lrs")
+    assert "1/1 seeds reused from an earlier study's run" in lrs_tables[0].frame["status"].tolist()
     meta = {"all/lr": {"chain": "all", "space": {"lr": []}}, "all/lrs": {"chain": "all", "space": {"schedule": []}}}
     spent = budget(df, meta)
     assert spent["trial_epochs"].max() == 4 * 5  # 3 lr trials and 1 lrs trial trained, not 5
