@@ -61,7 +61,7 @@ class Study:
         replaced = {k: own.get(k) for k, v in carried.items() if own.get(k) != v}
         if replaced:
             text += " (instead of the study's own " + ", ".join(f"{k}={v}" for k, v in replaced.items()) + ")"
-        return f"{text}; {self.base_config(carried).epochs} epochs."
+        return text + "."  # (the epochs are the run's: the runner's lines and the report's Fixed line say them)
 
     def base_config(self, carried: dict[str, Any] | None = None) -> TrainConfig:
         carried = {k: v for k, v in (carried or {}).items() if k not in self.space}
