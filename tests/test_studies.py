@@ -174,7 +174,7 @@ def _fake_chain(monkeypatch, tmp_path, prefer_last: bool):
     last) value of each study's list has the lowest validation loss."""
     from tune_cifar import experiment
 
-    def fake_run_study(study, data, opts, storage, carried=None, chain=None, given=frozenset()):
+    def fake_run_study(study, data, opts, storage, carried=None, chain=None, given=frozenset(), earlier=None):
         (key, values), = study.space.items()
         rows = [(f"{study.name}{i}", 0, 2, "finished", v, 0.5) for i, v in enumerate(values)]
         df = _final_rows(rows).rename(columns={"config/lr": f"config/{key}"})
