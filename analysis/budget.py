@@ -3,7 +3,8 @@
 Each experiment is one run of a strategy: the greedy chain (`all`: lr, then the schedule, weight
 decay and mixup, each carrying the earlier winners), or a search of the joint space (grid, random,
 TPE, TPE + ASHA, PBT). Trials are taken in the order they ended; after each, the budget spent is the
-trial-epochs (and GPU-hours) of every trial ended so far, and the best found is the best final-epoch
+trial-epochs (and GPU-hours) trained by every trial ended so far (a chained study's trial reused
+from an earlier one's costs nothing again), and the best found is the best final-epoch
 validation accuracy among the trials that count by tune_cifar.ranking's rule (a trial an early-
 stopping scheduler cut is paid for but not "found"). Several runs of one strategy (search seeds) give
 a mean curve and a band.
@@ -67,7 +68,7 @@ def budget(df: pd.DataFrame, meta: dict[str, dict], metric: str = "val_acc", mod
         spent = gpu = 0.0
         best, best_test, best_config = -math.inf * sign, math.nan, ""
         for _, trial in g.sort_values("ended", kind="stable").iterrows():
-            spent += trial["epochs_done"]
+            spent += trial["epochs_trained"]  # a trial reused from an earlier study's was paid for there
             gpu += trial["gpu_hours"]
             value = trial[metric]
             if ranking.counts(trial["status"]) and trial["status"] != "diverged" and np.isfinite(value) \

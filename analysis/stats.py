@@ -12,6 +12,7 @@ from scipy import stats
 
 from analysis.loading import IDENTITY_FIELDS, configuration_labels
 from tune_cifar import ranking
+from tune_cifar.results import REUSED_FROM
 from tune_cifar.schema import DIVERGED, ERROR, FINAL_METRICS, INCOMPLETE, STOPPED_EARLY
 CONFIDENCE = 0.95
 GROUP = ["experiment", "study", "configuration"]
@@ -95,8 +96,13 @@ def _trial_row(g: pd.DataFrame) -> dict:
             row[m] = float(present.iloc[-1]) if len(present) else math.nan
         else:
             row[m] = float(last[m]) if last is not None else math.nan
+    # a chained study's trial reused from an earlier study's (REUSED_FROM) trained nothing: that trial paid
+    reused = REUSED_FROM in g and isinstance(first[REUSED_FROM], str) and bool(first[REUSED_FROM])
+    row[REUSED_FROM] = first[REUSED_FROM] if reused else ""
+    paid = 0.0 if reused else 1.0
+    row["epochs_trained"] = 0 if reused else len(epochs)
     # a fused group's members each report the group's epoch time on the group's resources: each pays its share
-    share = g["epoch_s"].fillna(0) / (g["fused_members"].fillna(1) if "fused_members" in g else 1)
+    share = paid * g["epoch_s"].fillna(0) / (g["fused_members"].fillna(1) if "fused_members" in g else 1)
     row["wall_s"] = float(share.sum())
     row["gpu_hours"] = float((share * gpu).sum() / 3600)
     row["cpu_hours"] = float((share * cpu).sum() / 3600)
@@ -106,19 +112,22 @@ def _trial_row(g: pd.DataFrame) -> dict:
 def summary(df: pd.DataFrame) -> pd.DataFrame:
     """One row per configuration: final-epoch metrics as mean, std and 95% CI over seeds, plus cost.
 
-    Statistics use the trials that tune_cifar.ranking counts (finished, or stopped by divergence).
-    A configuration with none shows what its other trials reached, is flagged, and is not ranked
-    (`n_counted` is 0).
+    Statistics use the trials that tune_cifar.ranking counts (finished, or stopped by divergence),
+    one sample per seed: copies of a seed (the same configuration and seed run twice) are pooled
+    into their mean, and `n_copies` says how many extra runs were pooled. A configuration with none
+    shows what its other trials reached, is flagged, and is not ranked (`n_counted` is 0).
     """
     t = trials(df)
     config_cols = [c for c in t.columns if c.startswith("config/")
                    and c.removeprefix("config/") in IDENTITY_FIELDS]
     rows = []
     for keys, g in t.groupby(GROUP, sort=False):
-        used = g[g["finished"]] if g["finished"].any() else g
+        used = per_seed(g[g["finished"]] if g["finished"].any() else g)
         row = dict(zip(GROUP, keys))
         row.update({c: g[c].iloc[0] for c in config_cols})
-        row.update(n_seeds=len(used), n_counted=int(g["finished"].sum()), n_trials=len(g),
+        row.update(n_seeds=len(used), n_counted=int(g.loc[g["finished"], "seed"].nunique()), n_trials=len(g),
+                   n_copies=int(g["finished"].sum() - g.loc[g["finished"], "seed"].nunique()),
+                   n_reused=int((g[REUSED_FROM] != "").sum()),  # trials that are an earlier study's runs
                    n_stopped_early=int(g["stopped_early"].sum()),
                    epochs_saved=int((g["epochs_planned"] - g["last_epoch"])[g["stopped_early"]].sum()),
                    seeds=" ".join(map(str, sorted(used["seed"]))),
@@ -137,6 +146,11 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
     return out.sort_values(["_order", *config_cols], kind="stable", ignore_index=True).drop(columns="_order")
 
 
+def per_seed(trial_rows: pd.DataFrame) -> pd.DataFrame:
+    """One row per seed: trials with the same seed (copies of one run) pooled into their mean metrics."""
+    return trial_rows.groupby("seed", sort=True, as_index=False, dropna=False)[list(FINAL_METRICS)].mean()
+
+
 def _missing_note(incomplete: pd.DataFrame) -> str:
     """`seed 1: epochs 3 missing; seed 2: stopped at 4/10`, for the report's flags."""
     notes = []
@@ -152,13 +166,14 @@ def _missing_note(incomplete: pd.DataFrame) -> str:
 
 def ranked(summary_rows: pd.DataFrame, metric: str = "val_acc", mode: str = "max",
            keys: list[str] | None = None) -> pd.DataFrame:
-    """Best first, by tune_cifar.ranking's rule; `keys` (config/<field> columns) break ties in order.
+    """Best first, by tune_cifar.ranking's rule: equal means break by the mean of ranking.TIEBREAK,
+    then by `keys` (config/<field> columns) in order.
 
     The default keys are every identity column; pass the study's varied fields first to break ties
     exactly as the runner does.
     """
     keys = keys or [c for c in summary_rows.columns if c.startswith("config/")]
-    return ranking.rank(summary_rows, keys, mode, score=f"{metric}_mean")
+    return ranking.rank(summary_rows, keys, mode, score=f"{metric}_mean", tiebreak=f"{ranking.TIEBREAK}_mean")
 
 
 @dataclass(frozen=True)
@@ -210,7 +225,11 @@ def compare_winner(t: pd.DataFrame, summary_rows: pd.DataFrame, metric: str = "v
     others = tuple(PairTest(o["configuration"], m, len(b), w, q) for (o, b, m, w), q in zip(pairs, adjusted))
     second, b, margin, test = pairs[0]
     n_tests = sum(p.test is not None and not math.isnan(p.test.p_value) for p in others)
-    if math.isclose(margin, 0.0, abs_tol=1e-12):
+    loss = f"{ranking.TIEBREAK}_mean"
+    if math.isclose(margin, 0.0, abs_tol=1e-12) and top.get(loss, math.nan) < second.get(loss, math.nan):
+        verdict = (f"tied: winner and runner-up have the same mean; the winner has the lower mean {ranking.TIEBREAK} "
+                   f"({top[loss]:.4f} vs {second[loss]:.4f}), which breaks the tie")
+    elif math.isclose(margin, 0.0, abs_tol=1e-12):
         verdict = "tied: winner and runner-up have the same mean, so the pick between them is arbitrary"
     elif test is None:
         verdict = ("untested: fewer than two seeds per configuration, so the margin cannot be "
@@ -249,4 +268,4 @@ def holm(p_values: list[float]) -> list[float]:
 
 def _counted_values(t: pd.DataFrame, row: pd.Series, metric: str) -> np.ndarray:
     mine = t[(t["experiment"] == row["experiment"]) & (t["configuration"] == row["configuration"])]
-    return mine.loc[mine["finished"], metric].to_numpy(float)
+    return per_seed(mine[mine["finished"]])[metric].to_numpy(float)  # copies of a seed are one sample

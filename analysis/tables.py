@@ -79,6 +79,10 @@ def _status(r: pd.Series | None) -> str:
         flags.append(f"diverged ({r['n_diverged']}/{r['n_trials']} seeds)")
     if r["incomplete"]:
         flags.append(f"incomplete ({r['n_incomplete']}/{r['n_trials']} seeds)")
+    if r.get("n_reused", 0):
+        flags.append(f"{r['n_reused']}/{r['n_trials']} seeds reused from an earlier study's run")
+    if r.get("n_copies", 0):
+        flags.append(f"{r['n_copies']} repeated run(s) of a seed pooled")
     return "; ".join(flags) or "ok"
 
 

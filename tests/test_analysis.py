@@ -347,3 +347,23 @@ def test_a_retried_trial_that_finished_is_not_an_error(tmp_path):
     t = analysis.trials(analysis.load(folder)).set_index("configuration")
     assert t["status"].to_dict() == {"lr=0.01": "finished", "lr=0.05": "finished", "lr=0.5": "stopped_early"}
     assert "**lr=0.05** has the best final-epoch `val_acc`" in to_markdown(build(folder, log=lambda m: None).blocks)
+
+
+def test_copies_of_a_seed_are_pooled_as_one_seed_not_counted_as_three():
+    """`lr --search random --num-samples 3` over a list gave each lr three runs, all seed 0."""
+    from tune_cifar.results import final_table
+
+    copies = frame({"lr=0.01": [0.600, 0.601, 0.599], "lr=0.02": [0.500, 0.502, 0.498]}).assign(seed=0)
+    s = analysis.summary(copies).set_index("configuration")
+    assert s["n_seeds"].tolist() == [1, 1] and s["n_copies"].tolist() == [2, 2] and s["n_counted"].tolist() == [1, 1]
+    assert s.loc["lr=0.01", "val_acc_mean"] == pytest.approx(0.6) and math.isnan(s.loc["lr=0.01", "val_acc_std"])
+    c = analysis.compare_winner(analysis.trials(copies), analysis.summary(copies))
+    assert c.winner == "lr=0.01" and c.test is None and c.verdict.startswith("untested")  # not "beyond seed noise"
+    table = final_table(copies, ["lr"], "val_acc", "max")  # the runner's own table and winner
+    assert table["seeds"].tolist() == [1, 1] and table["trials"].tolist() == [3, 3]
+    assert table.loc[table["winner"] == "*", "lr"].tolist() == [0.01]
+    t1 = study_tables(analysis.summary(copies), "lr")[0]
+    assert "2 repeated run(s) of a seed pooled" in t1.frame.set_index("configuration").loc["lr=0.01", "status"]
+    # two distinct seeds stay two samples
+    seeds = frame({"lr=0.01": [0.600, 0.601, 0.599], "lr=0.02": [0.500, 0.502, 0.498]})
+    assert analysis.summary(seeds)["n_seeds"].tolist() == [3, 3]

@@ -137,3 +137,41 @@ def test_the_printed_table_shows_a_stopped_trial_where_the_scheduler_stopped_it(
     printed = format_table(final_table(df, ["lr"], "val_acc", "max"))
     stopped = [line for line in printed.splitlines() if "stopped early at epoch 1" in line]
     assert len(stopped) == 2 and any("0.4500" in line for line in stopped)  # test metrics exist at the last epoch only
+
+
+def test_repeater_seeds_are_the_same_through_the_parquet_and_through_the_trial_folders(tmp_path):
+    """Optuna/HyperOpt with --seeds N: Tune's Repeater puts each copy's seed in `__trial_index__`."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    import analysis
+    from tune_cifar.experiment import results_frame
+    from tune_cifar.studies import Study
+
+    folder = tmp_path / "lr"
+    folder.mkdir()
+    base = TrainConfig(epochs=2).to_dict()
+    (folder / "study.json").write_text(json.dumps({"study": "lr", "space": {"lr": "loguniform(0.01, 0.1)"},
+                                                   "base": base, "seeds": 2, "metric": "val_acc", "mode": "max"}))
+    grid = []
+    for n, index in enumerate([0, 1, 0, 1]):  # two sampled configurations, each with copies 0 and 1
+        params = {**base, "lr": 0.02 * (1 + n // 2), "__trial_index__": index}
+        trial = folder / f"train_trial_{n:05d}"
+        trial.mkdir()
+        (trial / "params.json").write_text(json.dumps(params))
+        lines = [json.dumps({"epoch": e, "val_acc": 0.1 * e + 0.01 * n, "training_iteration": e,
+                             "trial_id": f"t{n}"}) for e in (1, 2)]
+        (trial / "result.json").write_text("\n".join(lines) + "\n")
+        resolved = {**params, "seed": index}  # the trainable records the seed it trained with
+        del resolved["__trial_index__"]
+        (trial / "run_info.json").write_text(json.dumps({"trial_id": f"t{n}", "config": resolved}))
+        grid.append(SimpleNamespace(metrics={"trial_id": f"t{n}"}, path=str(trial), config=params, error=None))
+    by_folders = analysis.load(folder)
+    df = results_frame(grid, Study("lr", "lr sampled", space={"lr": None}), {"cpu": 1.0, "gpu": 0.0})
+    df.to_parquet(folder / "results.parquet", index=False)
+    by_parquet = analysis.load(folder)
+    seeds = lambda d: d.groupby("trial_id")["seed"].first().astype(int).to_dict()  # noqa: E731
+    assert seeds(by_folders) == {"t0": 0, "t1": 1, "t2": 0, "t3": 1}
+    assert seeds(by_parquet) == seeds(by_folders)
+    assert set(pd.read_parquet(folder / "results.parquet")["config/seed"]) == {0, 1}

@@ -115,6 +115,87 @@ def test_dry_run_and_list_describe_sampled_studies():
     assert "lr ~ loguniform(0.001, 1)" in proc.stdout and "5 configurations drawn by TPE + ASHA" in proc.stdout
 
 
+def test_copies_are_refused_as_seeds_and_asha_with_seeds_is_refused():
+    tune = _tune()
+    lists = {"lr": [0.01, 0.05, 0.5]}
+    with pytest.raises(ConfigError, match=r"would run each grid point 3 times with the same seed; repeat with --seeds 3"):
+        check(lists, SearchPlan(search="random", num_samples=3), epochs=10, seeds=1)
+    with pytest.raises(ConfigError, match=r"--num-samples 4 over a space of only 3 configurations would repeat some"):
+        check(lists, SearchPlan(search="optuna", num_samples=4), epochs=10, seeds=1)
+    with pytest.raises(ConfigError, match=r"--num-samples 3 cannot be drawn without repeating a configuration"):
+        check({"schedule": tune.choice(["constant", "cosine"])}, SearchPlan(search="random", num_samples=3), 10, 1)
+    for search in ("grid", "random"):  # ASHA would rank a configuration on the seeds it let live
+        with pytest.raises(ConfigError, match=r"--seeds 2 with --scheduler asha stops each seed's trial on its own"):
+            check(lists, SearchPlan(search=search, scheduler="asha", grace_period=1), epochs=10, seeds=2)
+    check(lists, SearchPlan(search="optuna", num_samples=3), epochs=10, seeds=1)  # as many as there are: fine
+    check(lists, SearchPlan(search="grid", scheduler="asha", grace_period=1), epochs=10, seeds=1)
+
+
+def test_the_cli_refuses_copies_counted_as_seeds_before_ray_starts(tmp_path):
+    for argv, needle in [(["lr", "--search", "random", "--num-samples", "3"], "with the same seed"),
+                         (["lrs", "--seeds", "2", "--scheduler", "asha", "--grace-period", "1"],
+                          "--seeds 2 with --scheduler asha")]:
+        proc = subprocess.run([sys.executable, "-m", "tune_cifar.run", *argv, "--smoke", "--storage-path",
+                               str(tmp_path)], capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "RAY_ADDRESS": "127.0.0.1:1"})  # Ray would fail to connect
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], \
+            (argv, proc.stderr)
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.fixture
+def lr_only(tmp_path, monkeypatch):
+    """A study whose one field, lr, is sampled."""
+    folder = tmp_path / "spaces"
+    folder.mkdir()
+    (folder / "onlylr.py").write_text("from ray import tune\nDESCRIPTION = 'lr sampled'\nBASE = dict(epochs=2)\n"
+                                      "SPACE = {'lr': tune.loguniform(0.01, 0.2)}\n")
+    monkeypatch.setattr(search_spaces, "__path__", [*search_spaces.__path__, str(folder)])
+    monkeypatch.delitem(sys.modules, "search_spaces.onlylr", raising=False)
+    return load_study("onlylr")
+
+
+def _random_opts(search_seed):
+    from tune_cifar.experiment import RunOptions
+
+    return RunOptions(seeds=2, plan=(("search", "random"), ("num_samples", 3), ("search_seed", search_seed)))
+
+
+def _generated_trials(study, opts):
+    """The trials Tune's own generator makes from what run_study gives it, without running them."""
+    from ray.tune.experiment import Experiment
+
+    from tune_cifar import experiment, search
+
+    plan = experiment.search_plan(study, opts)
+    points = experiment.searcher_points(study, opts, {}, plan)
+    alg = search.searcher(plan, study.metric, study.mode, opts.seeds, None, points)
+    alg.add_configurations([Experiment("x", run=lambda config: None, num_samples=len(points),
+                                       config=experiment.param_space(study, opts, {}, plan))])
+    trials = []
+    while (trial := alg.next_trial()) is not None:
+        trials.append((trial.config["lr"], trial.config["seed"]))
+    return trials
+
+
+def _seeds_by_lr(pairs):
+    out = {}
+    for lr, seed in pairs:
+        out.setdefault(lr, []).append(seed)
+    return {lr: sorted(seeds) for lr, seeds in out.items()}
+
+
+def test_random_search_runs_each_drawn_configuration_with_every_seed(lr_only):
+    first = _generated_trials(lr_only, _random_opts(5))
+    assert len(first) == 6
+    by_lr = _seeds_by_lr(first)
+    assert len(by_lr) == 3 and all(seeds == [0, 1] for seeds in by_lr.values())
+    assert all(0.01 <= lr < 0.2 for lr in by_lr)
+    assert _generated_trials(lr_only, _random_opts(5)) == first  # the same search seed draws the same
+    assert set(_seeds_by_lr(_generated_trials(lr_only, _random_opts(6)))).isdisjoint(by_lr)
+
+
 # --- through Tune ---------------------------------------------------------------------------------
 
 
@@ -242,3 +323,18 @@ def test_resume_after_sigkill_keeps_the_searcher(tmp_path, isolated_ray, sampled
     assert df.groupby("trial_id")["epoch"].apply(lambda e: list(e) == list(range(1, len(e) + 1))).all()
     for name, text in before.items():  # ended trials were not run again
         assert (experiment / name / "result.json").read_text() == text
+
+
+@pytest.mark.slow
+def test_random_search_with_seeds_trains_each_draw_with_every_seed(ray_session, tmp_path, lr_only):
+    from tune_cifar import experiment
+
+    code, out = run_cli("onlylr", "--smoke", "--epochs", "1", "--search", "random", "--num-samples", "3", "--seeds", "2",
+                        "--search-seed", "5", "--gpus-per-trial", "0", "--storage-path", tmp_path)
+    assert code == 0, out
+    trials = _frame(tmp_path, "onlylr").groupby("trial_id").first()
+    by_lr = _seeds_by_lr(zip(trials["config/lr"], trials["seed"]))
+    assert len(by_lr) == 3 and all(seeds == [0, 1] for seeds in by_lr.values())
+    opts = _random_opts(5)  # the draws are those of search seed 5, whoever makes them
+    planned = experiment.planned_trials(lr_only, opts, {}, experiment.search_plan(lr_only, opts))
+    assert sorted(by_lr) == sorted({c.lr for c in planned})

@@ -147,3 +147,64 @@ def test_the_cutmix_study_is_off_cutmix_and_mixup():
     assert (off.mix, cut.mix, mix.mix) == ("none", "cutmix", "mixup")
     assert (mix.mixup_alpha, cut.cutmix_alpha, cut.cutmix_prob) == (0.2, 1.0, 0.5)
     assert "_report_best" not in available_studies()
+
+
+def test_equal_scores_break_by_the_lower_validation_loss_before_the_field_order():
+    import analysis
+    from test_analysis_fixtures import BASE
+
+    # weight decay 5e-4 and 1e-4 tie at 0.9267 val acc; 5e-4 has the lower validation loss
+    rows = [("a", 0, 4, "finished", 5e-4, 0.9267), ("b", 0, 4, "finished", 1e-4, 0.9267)]
+    df = _final_rows(rows).rename(columns={"config/lr": "config/weight_decay"})
+    df["val_loss"] = [0.30, 0.35]
+    assert winner(df, ["weight_decay"], "val_acc", "max") == {"weight_decay": 5e-4}  # field order: 1e-4
+    df = df.assign(**{f"config/{k}": v for k, v in BASE.items() if k not in ("weight_decay", "epochs")},
+                   **{"config/epochs": 4, "lr": 0.01, "images_per_s": 1.0, "epoch_s": 1.0, "timestamp": 0.0,
+                      "resources/cpu": 1.0, "resources/gpu": 0.0}).assign(experiment="wd", study="wd")
+    s = analysis.summary(df)
+    assert analysis.ranked(s, keys=["config/weight_decay"]).iloc[0]["config/weight_decay"] == 5e-4
+    verdict = analysis.compare_winner(analysis.trials(df), s, keys=["config/weight_decay"]).verdict
+    assert verdict.startswith("tied") and "lower mean val_loss (0.3000 vs 0.3500)" in verdict
+    df["val_loss"] = 0.30  # a tie on both: the field order decides, the smaller value first
+    assert winner(df, ["weight_decay"], "val_acc", "max") == {"weight_decay": 1e-4}
+
+
+def _fake_chain(monkeypatch, tmp_path, prefer_last: bool):
+    """Run the `all` chain with every study's trials made by hand: all tie on val acc, and the first (or the
+    last) value of each study's list has the lowest validation loss."""
+    from tune_cifar import experiment
+
+    def fake_run_study(study, data, opts, storage, carried=None, chain=None, given=frozenset(), earlier=None):
+        (key, values), = study.space.items()
+        rows = [(f"{study.name}{i}", 0, 2, "finished", v, 0.5) for i, v in enumerate(values)]
+        df = _final_rows(rows).rename(columns={"config/lr": f"config/{key}"})
+        df["val_loss"] = [1.0 + 0.1 * (len(values) - 1 - i if prefer_last else i) for i in range(len(values))]
+        return df
+
+    monkeypatch.setattr(experiment, "run_study", fake_run_study)
+    experiment.run(load_study("all"), None, RunOptions(storage_path=str(tmp_path)))
+    import json
+
+    return json.loads((tmp_path / "all" / "chain.json").read_text())
+
+
+def test_a_chained_study_says_what_it_carried_and_ties_go_to_the_lower_loss(monkeypatch, tmp_path, capsys):
+    from tune_cifar.experiment import study_record
+
+    chain = _fake_chain(monkeypatch, tmp_path / "first", prefer_last=False)
+    # by field order these would be schedule=constant and weight_decay=1e-4
+    assert chain["winners"] == {"lr": {"lr": 0.01}, "lrs": {"schedule": "cosine"}, "wd": {"weight_decay": 5e-4},
+                                "mixup": {"mixup_alpha": 0.2}}
+    chain = _fake_chain(monkeypatch, tmp_path / "last", prefer_last=True)
+    carried = chain["carried"]["mixup"]
+    assert carried == {"lr": 0.5, "schedule": "constant", "weight_decay": 1e-4}
+    said = chain["descriptions"]["mixup"]
+    assert "lr=0.5, schedule=constant, weight_decay=0.0001" in said
+    assert "instead of the study's own lr=0.05, schedule=cosine, weight_decay=0.0005" in said
+    assert "at lr 0.05, cosine schedule, weight decay 5e-4" not in said  # the module's own text is not claimed
+    out = capsys.readouterr().out
+    assert f"== mixup: {said}" in out
+    mixup = load_study("mixup")
+    record = study_record(mixup, RunOptions(), carried, {"cpu": 1, "gpu": 0}, "all", mixup.plan)
+    assert record["description"] == said and record["carried"] == carried  # the report's description line
+    assert load_study("mixup").described({}) == mixup.description  # run alone: its own words

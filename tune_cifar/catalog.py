@@ -6,15 +6,18 @@ Nothing here starts Ray, reads data or writes a file.
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import fields
 from typing import Any
 
 from tune_cifar import search
 from tune_cifar.config import TrainConfig
+from tune_cifar.results import run_key
 from tune_cifar.search import SearchPlan
 from tune_cifar.studies import Study, load_study, study_order
 
 CARRIED = "carried from the previous study's winner"
+MAX_WINNER_CHOICES = 4096  # chain_repeats tries every choice of earlier winners, up to this many
 
 
 def size(study: Study, seeds: int = 1, epochs: int | None = None, plan: SearchPlan | None = None) -> str:
@@ -30,6 +33,43 @@ def size(study: Study, seeds: int = 1, epochs: int | None = None, plan: SearchPl
     return text
 
 
+def chain_repeats(chain: Study, overrides: dict[str, Any] | None = None) -> dict[str, dict[int, str]]:
+    """Step -> {index of its grid point: the earlier step whose trial it repeats}: the points that are the
+    same run (results.run_key, every seed alike) as a trial of an earlier step, whichever configurations
+    the earlier steps pick. The run reuses these (experiment.reuse; more if the winners happen to make
+    another point a repeat)."""
+    steps = [load_study(name) for name in chain.chain]
+    overrides = overrides or {}
+    out: dict[str, dict[int, str]] = {}
+    for k, step in enumerate(steps):
+        choices = [range(len(s.configs())) for s in steps[:k]]
+        if math.prod(len(c) for c in choices) > MAX_WINNER_CHOICES:
+            out[step.name] = {}
+            continue
+        always: dict[int, str] | None = None
+        for winners in itertools.product(*choices):
+            carried: dict[str, Any] = {}
+            ran: dict[str, str] = {}
+            for earlier, w in zip(steps[:k], winners):
+                cfgs = [c.replace(**overrides) for c in earlier.configs(carried)]
+                for c in cfgs:
+                    ran.setdefault(run_key(c.to_dict()), earlier.name)
+                carried = {**carried, **{f: getattr(cfgs[w], f) for f in earlier.space}}
+            hits = {j: ran[key] for j, c in enumerate(step.configs(carried))
+                    if (key := run_key(c.replace(**overrides).to_dict())) in ran}
+            always = hits if always is None else {j: v for j, v in always.items() if hits.get(j) == v}
+        out[step.name] = always or {}
+    return out
+
+
+def _repeat_note(sub: Study, repeats: dict[int, str], seeds: int, epochs: int) -> str:
+    points = [", ".join(f"{k}={v}" for k, v in zip(sub.space, values))
+              for values in itertools.product(*sub.space.values())]
+    said = "; ".join(f"{points[j]} is a run the {src} study already made" for j, src in repeats.items())
+    return (f"reuses {len(repeats) * seeds} trial(s), not trained again ({said}): "
+            f"{len(repeats) * seeds * epochs:,} trial-epochs saved")
+
+
 def varies(study: Study) -> str:
     return "; ".join(f"{k} in {search.describe(v)}" for k, v in study.space.items())
 
@@ -42,12 +82,17 @@ def listing() -> str:
         lines.append(f"{name}: {study.title}")
         lines.append(f"    {study.description}")
         if study.chain:
+            repeats, saved = chain_repeats(study), 0
             for step in study.chain:
                 sub = load_study(step)
-                lines.append(f"    step {step}: varies {varies(sub)}; {size(sub)}")
+                reuse = repeats[step]
+                saved += len(reuse) * sub.base_config().epochs
+                note = f"; {_repeat_note(sub, reuse, 1, sub.base_config().epochs)}" if reuse else ""
+                lines.append(f"    step {step}: varies {varies(sub)}; {size(sub)}{note}")
             total = study.trial_epochs()
-            lines.append(f"    total: {study.num_trials()} trials, {total:,} trial-epochs; each step carries the "
-                         f"earlier winners (by {load_study(study.chain[0]).metric})")
+            lines.append(f"    total: {study.num_trials()} trials, {total:,} trial-epochs"
+                         + (f" ({total - saved:,} trained, {saved:,} reused)" if saved else "")
+                         + f"; each step carries the earlier winners (by {load_study(study.chain[0]).metric})")
         else:
             lines.append(f"    varies {varies(study)}; search {study.plan.label()}; {size(study)}")
         lines.append("")
@@ -67,13 +112,19 @@ def dry_run(study: Study, seeds: int, overrides: dict[str, Any], plan: SearchPla
             carried: dict[str, Any] | None = None) -> str:
     """Every trial's configuration (grid points x seeds) or the sampled space, and the totals."""
     if study.chain:
-        parts, carried_keys = [], {}
+        parts, carried_keys, saved = [], {}, 0
+        repeats = chain_repeats(study, overrides)
         for step in study.chain:
             sub = load_study(step)
             parts.append(dry_run(sub, seeds, overrides, carried=carried_keys))
+            if repeats[step]:
+                epochs = overrides.get("epochs") or sub.base_config().epochs
+                parts[-1] += f"  {_repeat_note(sub, repeats[step], seeds, epochs)}\n"
+                saved += len(repeats[step]) * seeds * epochs
             carried_keys = {**carried_keys, **{k: CARRIED for k in sub.space}}
         total = study.trial_epochs(seeds, overrides.get("epochs"))
-        return "\n".join(parts) + f"\n{study.name}: {study.num_trials(seeds)} trials, {total:,} trial-epochs in all\n"
+        reused = f" ({total - saved:,} trained, {saved:,} reused from earlier steps)" if saved else ""
+        return "\n".join(parts) + f"\n{study.name}: {study.num_trials(seeds)} trials, {total:,} trial-epochs in all{reused}\n"
     plan = plan or study.plan
     epochs = overrides.get("epochs")
     carried = {k: v for k, v in (carried or {}).items() if k not in study.space}

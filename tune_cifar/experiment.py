@@ -23,7 +23,7 @@ from typing import Any
 import pandas as pd
 
 from tune_cifar import results, search
-from tune_cifar.config import ConfigError
+from tune_cifar.config import ConfigError, TrainConfig
 from tune_cifar.data import CifarData
 from tune_cifar.storage import is_nonempty_folder, is_uri, join, read_text, write_atomic
 from tune_cifar.search import SearchPlan
@@ -86,17 +86,32 @@ def search_plan(study: Study, opts: RunOptions) -> SearchPlan:
     return plan
 
 
-def fused_groups(study: Study, opts: RunOptions, carried: dict[str, Any]) -> list[list[dict[str, Any]]]:
-    """The grid's configurations (times seeds) as fusable groups of at most opts.fuse, each a list of config dicts."""
+def fused_groups(study: Study, opts: RunOptions, carried: dict[str, Any],
+                 trials: list[TrainConfig] | None = None) -> list[list[dict[str, Any]]]:
+    """The grid's configurations (times seeds; or `trials`) as fusable groups of at most opts.fuse, each a list
+    of config dicts."""
     from tune_cifar.fused import group_configs
 
-    overrides = _overrides(opts)
-    cfgs = [c.replace(**overrides, seed=seed) for c in study.configs(carried) for seed in range(opts.seeds)]
+    cfgs = trials if trials is not None else planned_trials(study, opts, carried, study.plan)
     return [[cfgs[i].to_dict() for i in group] for group in group_configs(cfgs, opts.fuse)]
 
 
-def param_space(study: Study, opts: RunOptions, carried: dict[str, Any], plan: SearchPlan) -> dict[str, Any]:
-    """A full TrainConfig dict with the study's space over it (grid axes, domains or choices) and seeds."""
+def planned_trials(study: Study, opts: RunOptions, carried: dict[str, Any], plan: SearchPlan) -> list[TrainConfig]:
+    """Every trial grid or random search runs, in order: each of search.points (grid points, with their
+    draws of the sampled fields) once per seed, so a configuration's trials differ in their seed alone."""
+    base = study.base_config(carried).replace(**_overrides(opts))
+    study.configs(carried)  # validates every grid point and domain edge before anything runs
+    seeds = range(opts.seeds) if opts.seeds > 1 else [base.seed]
+    return [base.replace(**point, seed=seed) for point in search.points(study.space, plan) for seed in seeds]
+
+
+def param_space(study: Study, opts: RunOptions, carried: dict[str, Any], plan: SearchPlan,
+                trials: list[TrainConfig] | None = None) -> dict[str, Any]:
+    """A full TrainConfig dict with the study's space over it (grid axes, domains or choices) and seeds.
+
+    Grid and random search run exactly their planned trials, given to Tune's generator as points over
+    this space (searcher_points): the space then only checks them.
+    """
     from ray import tune
 
     base = study.base_config(carried).replace(**_overrides(opts))
@@ -106,8 +121,31 @@ def param_space(study: Study, opts: RunOptions, carried: dict[str, Any], plan: S
     if opts.seeds > 1 and plan.search in ("grid", "random"):
         space["seed"] = tune.grid_search(list(range(opts.seeds)))  # (a Repeater gives other searchers their seeds)
     if opts.fuse:  # one trial per fused group, each holding its members' whole configurations
-        space = {"members": tune.grid_search(fused_groups(study, opts, carried))}
+        space = {"members": tune.grid_search(fused_groups(study, opts, carried, trials))}
     return space
+
+
+def searcher_points(study: Study, opts: RunOptions, carried: dict[str, Any], plan: SearchPlan,
+                    trials: list[TrainConfig] | None = None) -> list[dict] | None:
+    """What grid and random search hand Tune's generator: each planned trial's (or each of `trials`')
+    varied fields and seed."""
+    if opts.fuse or plan.search not in ("grid", "random"):
+        return None
+    keys = [*study.space, "seed"]
+    trials = trials if trials is not None else planned_trials(study, opts, carried, plan)
+    return [{k: getattr(cfg, k) for k in keys} for cfg in trials]
+
+
+def reuse(study: Study, opts: RunOptions, carried: dict[str, Any], plan: SearchPlan,
+          earlier: dict[str, pd.DataFrame]) -> tuple[list[TrainConfig] | None, list[tuple[str, str]]]:
+    """(the trials to train, the earlier (study, trial id) each of the others repeats): a chained study's
+    planned trial that is the same run (results.run_key) as one an earlier study ran to its end is reused,
+    not trained again. None to train: the searcher decides (Optuna, HyperOpt)."""
+    if plan.search not in ("grid", "random"):
+        return None, []
+    planned = planned_trials(study, opts, carried, plan)
+    sources = results.reusable([c.to_dict() for c in planned], earlier) if earlier else [None] * len(planned)
+    return [c for c, s in zip(planned, sources) if s is None], [s for s in sources if s is not None]
 
 
 def _overrides(opts: RunOptions) -> dict[str, Any]:
@@ -131,7 +169,7 @@ def study_record(study: Study, opts: RunOptions, carried: dict[str, Any], res: d
     for key in study.space:
         base[key] = None
     space = {k: (search.describe(v) if search.is_domain(v) else v) for k, v in study.space.items()}
-    return {"study": study.name, "title": study.title, "description": study.description, "metric": study.metric,
+    return {"study": study.name, "title": study.title, "description": study.described(carried), "metric": study.metric,
             "mode": study.mode, "space": space, "base": base, "carried": carried, "seeds": opts.seeds,
             "search": asdict(plan), "strategy": plan.label(), "fuse": opts.fuse, "resources": res, "chain": chain,
             "options": {k: getattr(opts, k) for k in RECORDED_OPTIONS}}
@@ -225,8 +263,10 @@ def results_frame(result_grid: Any, study: Study, res: dict[str, float]) -> pd.D
 
 
 def run_study(study: Study, data: CifarData, opts: RunOptions, storage: str, carried: dict[str, Any] | None = None,
-              chain: str | None = None, given: set[str] = frozenset()) -> pd.DataFrame:
-    """Run (or resume) one study under `<storage>/<study.name>`; return its results frame."""
+              chain: str | None = None, given: set[str] = frozenset(),
+              earlier: dict[str, pd.DataFrame] | None = None) -> pd.DataFrame:
+    """Run (or resume) one study under `<storage>/<study.name>`; return its results frame. A chained study
+    reuses the trials of the `earlier` studies' frames that it would repeat (see reuse)."""
     import ray
     from ray import tune
 
@@ -242,21 +282,30 @@ def run_study(study: Study, data: CifarData, opts: RunOptions, storage: str, car
     plan = search_plan(study, opts)
     epochs = opts.epochs or study.base_config().epochs
     res = resources(opts, ray.cluster_resources().get("GPU", 0))
-    record = study_record(study, opts, carried, res, chain, plan)
+    to_train, sources = reuse(study, opts, carried, plan, earlier or {})
+    copies = [results.reused_rows(study.name, s, earlier) for s in sources]
+    record = {**study_record(study, opts, carried, res, chain, plan),
+              "reused": {c["trial_id"].iloc[0]: c[results.REUSED_FROM].iloc[0] for c in copies}}
     saved = check_experiment_folder(path, record, opts.resume)
     if saved is not None:
         res = saved.get("resources") or res
-        record = {**saved, "options": {k: getattr(opts, k) for k in RECORDED_OPTIONS}}
+        record = {**saved, "options": {k: getattr(opts, k) for k in RECORDED_OPTIONS}, "reused": record["reused"]}
 
     options = TrialOptions(study=study.name, checkpoint_every=opts.checkpoint_every,
                            also_every=plan.perturbation_interval if plan.scheduler == "pbt" else None,
                            experiment_path=path)
     trainable = tune.with_resources(
         tune.with_parameters(train_group if opts.fuse else train_trial, data=data, options=options), res)
-    n_configs = search.num_trials(study.space, plan, opts.seeds)
-    n_trials = len(fused_groups(study, opts, carried)) if opts.fuse else n_configs
+    n_configs = len(to_train) if to_train is not None else search.num_trials(study.space, plan, opts.seeds)
+    n_trials = len(fused_groups(study, opts, carried, to_train)) if opts.fuse else n_configs
     progress = StudyProgress(study.name, study.metric, study.mode, list(study.space), n_trials, n_configs * epochs,
                              unit="groups" if opts.fuse else "trials")
+    reused_note = f", {len(copies)} more reused from earlier studies (not trained again)" if copies else ""
+    if n_trials == 0:  # every trial repeats one an earlier study ran: nothing to train
+        write_atomic(join(path, "study.json"), json.dumps(record, indent=2, default=str))
+        print(f"[{study.name}] {study.described(carried)}\n[{study.name}] no trial to train{reused_note}; results in "
+              f"{path}", file=sys.stderr)
+        return _write_results(path, results.combine(copies))
     resume = opts.resume
     if resume and not tune.Tuner.can_restore(path):
         if is_uri(path) or any(p.is_dir() for p in Path(path).iterdir()):
@@ -275,14 +324,16 @@ def run_study(study: Study, data: CifarData, opts: RunOptions, storage: str, car
         run_config.callbacks = [EpochRecorder()] + ([] if opts.verbose else [progress])
         run_config.verbose = None if opts.verbose else 0
     else:
-        alg = search.searcher(plan, study.metric, study.mode, opts.seeds, opts.max_concurrent)
+        points = searcher_points(study, opts, carried, plan, to_train)
+        alg = search.searcher(plan, study.metric, study.mode, opts.seeds, opts.max_concurrent, points)
+        samples = plan.num_samples * (opts.seeds if alg is not None else 1)
         tuner = tune.Tuner(
             trainable,
-            param_space=param_space(study, opts, carried, plan),
+            param_space=param_space(study, opts, carried, plan, to_train),
             tune_config=tune.TuneConfig(
                 metric=study.metric, mode=study.mode, search_alg=alg,
                 scheduler=search.scheduler(plan, study.space, epochs),
-                num_samples=plan.num_samples * (opts.seeds if alg is not None else 1),
+                num_samples=len(points) if points is not None else samples,
                 # a searcher is limited by its ConcurrencyLimiter; Tune's generator by this
                 max_concurrent_trials=None if alg is not None else opts.max_concurrent,
                 # Reusing trial actors saves ~4 s of process start-up per trial (python -m tune_cifar.bench, part 4).
@@ -301,18 +352,15 @@ def run_study(study: Study, data: CifarData, opts: RunOptions, storage: str, car
         )
     per_trial = f"{res['cpu']:g} CPU" + (f" and {res['gpu']:g} GPU" if res["gpu"] else "")
     what = (f"{n_configs} trials fused into {n_trials} groups of up to {opts.fuse}" if opts.fuse
-            else f"{n_trials} trials")
-    print(f"[{study.name}] {study.description}\n[{study.name}] {what}, up to {epochs} epochs "
+            else f"{n_trials} trials") + reused_note
+    print(f"[{study.name}] {study.described(carried)}\n[{study.name}] {what}, up to {epochs} epochs "
           f"({plan.label()}), {per_trial} each, carried {carried or 'nothing'}; results in {path}", file=sys.stderr)
     with _quiet_tune(not opts.verbose):
         grid = tuner.fit()
     ended = grid.num_terminated + grid.num_errors
     if ended < n_trials:  # Tune returns normally on Ctrl-C/SIGTERM, with trials left unstarted or paused
         raise Interrupted(f"{ended} of {n_trials} trials of {study.name!r} ended; the rest are saved in {path}")
-    df = results_frame(grid, study, res)
-    buf = io.BytesIO()
-    df.to_parquet(buf, index=False)
-    write_atomic(join(path, "results.parquet"), buf.getvalue())
+    df = _write_results(path, results.combine([results_frame(grid, study, res), *copies]))
     df.attrs["failed_trials"] = grid.num_errors
     empty = results.trials_without_results(df)
     if empty:
@@ -320,6 +368,13 @@ def run_study(study: Study, data: CifarData, opts: RunOptions, storage: str, car
               file=sys.stderr)
     if grid.num_errors:
         print(f"[{study.name}] {grid.num_errors} trial(s) failed; see {path}; `--resume` retries them", file=sys.stderr)
+    return df
+
+
+def _write_results(path: str, df: pd.DataFrame) -> pd.DataFrame:
+    buf = io.BytesIO()
+    df.to_parquet(buf, index=False)
+    write_atomic(join(path, "results.parquet"), buf.getvalue())
     return df
 
 
@@ -355,16 +410,17 @@ def run(study: Study, data: CifarData, opts: RunOptions, given: set[str] = froze
         return {study.name: df}
     storage = join(opts.storage_path, study.name)
     carried: dict[str, Any] = {}
-    chain_log: dict[str, Any] = {"order": list(study.chain), "carried": {}, "winners": {}}
+    chain_log: dict[str, Any] = {"order": list(study.chain), "carried": {}, "descriptions": {}, "winners": {}}
     frames = {}
     for name in study.chain:
         sub = load_study(name)
-        chain_log["carried"][name] = dict(carried)
+        chain_log["carried"][name] = {k: v for k, v in carried.items() if k not in sub.space}  # what it ran with
+        chain_log["descriptions"][name] = sub.described(carried)
         sub_opts = opts
         if opts.resume and read_text(join(storage, name, "study.json")) is None:
             sub_opts = replace(opts, resume=False)  # the chain stopped before this study began
-        df = run_study(sub, data, sub_opts, storage, carried, chain=study.name, given=given)
-        _print_table(df, sub)
+        df = run_study(sub, data, sub_opts, storage, carried, chain=study.name, given=given, earlier=dict(frames))
+        _print_table(df, sub, carried)
         frames[name] = df
         won = results.winner(df, list(sub.space), sub.metric, sub.mode)
         if won is None:
@@ -376,14 +432,14 @@ def run(study: Study, data: CifarData, opts: RunOptions, given: set[str] = froze
     return frames
 
 
-def _print_table(df: pd.DataFrame, study: Study) -> None:
+def _print_table(df: pd.DataFrame, study: Study, carried: dict[str, Any] | None = None) -> None:
     if df.empty:
         print(f"\n== {study.name}: no results ==", flush=True)
         return
     table = results.final_table(df, list(study.space), study.metric, study.mode)
     shown = table.head(TABLE_ROWS)
     more = f"\n({len(table) - TABLE_ROWS} more configurations in results.parquet)" if len(table) > TABLE_ROWS else ""
-    print(f"\n== {study.name}: {study.description}\n{results.format_table(shown)}{more}", flush=True)
+    print(f"\n== {study.name}: {study.described(carried)}\n{results.format_table(shown)}{more}", flush=True)
     won = table[table["winner"] == "*"]
     if not won.empty:
         values = ", ".join(f"{k}={won.iloc[0][k]}" for k in study.space)

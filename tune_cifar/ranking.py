@@ -10,11 +10,14 @@
   times chance: a final loss of 31,082 nats is a run that blew up, finite or not, and its accuracy is
   luck. An early spike it recovered from (high lr, BatchNorm statistics catching up; a PBT member that
   then cloned a sane donor) is not a divergence: see diverged_epochs.
-- A configuration's score is the mean over its counted trials (seeds) of the final-epoch metric.
+- A configuration's score is the mean over its counted seeds of the final-epoch metric. Trials of
+  one configuration with the same seed are copies of one run (a searcher can suggest a point
+  twice): they are pooled into one seed (their mean), never counted as independent samples.
   A configuration with no counted trial is not ranked.
 - A configuration with a diverged seed ranks below every configuration without one, whatever its
   mean: a setting that sometimes blows up is not a winner.
-- Equal scores break by the configuration's values in ascending order (the smaller lr, the
+- Equal scores break by a second metric, the mean final validation loss (TIEBREAK, lower is
+  better), and only then by the configuration's values in ascending order (the smaller lr, the
   earlier name), so the pick is the same on every run and every machine.
 """
 
@@ -35,6 +38,7 @@ COUNTED = (FINISHED, DIVERGED)
 CHANCE_LOSS = math.log(100)
 EXPLODED_LOSS = 10 * CHANCE_LOSS  # nats, ~46
 LOSSES = ("train_loss", "val_loss")
+TIEBREAK = "val_loss"  # breaks equal scores, lower is better: evidence before the field order
 
 
 def counts(status: str) -> bool:
@@ -65,26 +69,33 @@ def diverged_epochs(frame: pd.DataFrame) -> pd.Series:
 
 
 def score_configurations(trials: pd.DataFrame, keys: Sequence[str], metric: str) -> pd.DataFrame:
-    """One row per configuration (the `keys` columns) from one row per trial (`status`, `metric`).
+    """One row per configuration (the `keys` columns) from one row per trial (`seed`, `status`, `metric`).
 
-    Columns added: `score` (mean of `metric` over counted trials), `n_counted`, `n_trials`, `diverged`
-    (any counted trial diverged).
+    Columns added: `score` (mean over counted seeds of `metric`, copies of a seed pooled first),
+    `tiebreak` (the same mean of TIEBREAK, when the trials have it), `n_counted` (distinct counted
+    seeds), `n_trials`, `diverged` (any counted trial diverged).
     """
-    counted = trials["status"].map(counts)
-    t = trials.assign(_counted=counted, _diverged=(trials["status"] == DIVERGED) | (diverged_epochs(trials) & counted),
-                      _value=pd.to_numeric(trials[metric], errors="coerce"))
-    t["_counted_value"] = t["_value"].where(t["_counted"])
+    t = trials.assign(_counted=trials["status"].map(counts),
+                      _diverged=(trials["status"] == DIVERGED) | (diverged_epochs(trials) & trials["status"].map(counts)),
+                      _value=pd.to_numeric(trials[metric], errors="coerce"),
+                      _tiebreak=pd.to_numeric(trials[TIEBREAK], errors="coerce") if TIEBREAK in trials else math.nan)
+    counted = t[t["_counted"]]
+    per_seed = counted.groupby([*keys, "seed"], dropna=False, sort=False)[["_value", "_tiebreak"]].mean().reset_index()
+    scores = per_seed.groupby(list(keys), dropna=False, sort=False).agg(
+        score=("_value", "mean"), tiebreak=("_tiebreak", "mean"), n_counted=("seed", "size"))
     grouped = t.groupby(list(keys), dropna=False, sort=False)
-    out = grouped.agg(score=("_counted_value", "mean"), n_counted=("_counted", "sum"),
-                      n_trials=("status", "size"), diverged=("_diverged", "any")).reset_index()
-    out["n_counted"] = out["n_counted"].astype(int)
-    return out
+    out = grouped.agg(n_trials=("status", "size"), diverged=("_diverged", "any")).reset_index()
+    out = out.merge(scores, left_on=list(keys), right_index=True, how="left")
+    out["n_counted"] = out["n_counted"].fillna(0).astype(int)
+    return out[[*keys, "score", "tiebreak", "n_counted", "n_trials", "diverged"]]
 
 
-def rank(configs: pd.DataFrame, keys: Sequence[str], mode: str, score: str = "score") -> pd.DataFrame:
+def rank(configs: pd.DataFrame, keys: Sequence[str], mode: str, score: str = "score",
+         tiebreak: str = "tiebreak") -> pd.DataFrame:
     """`configs` sorted best first, with `rank` 1, 2, ... (NaN for configurations with no counted trial).
 
-    Needs the columns `keys`, `score`, `n_counted` and `diverged` (as score_configurations makes them).
+    Needs the columns `keys`, `score`, `n_counted` and `diverged` (as score_configurations makes them);
+    the `tiebreak` column (mean TIEBREAK, lower is better) is used where present.
     """
     if mode not in ("max", "min"):
         raise ValueError(f"mode must be 'max' or 'min', not {mode!r}")
@@ -93,6 +104,7 @@ def rank(configs: pd.DataFrame, keys: Sequence[str], mode: str, score: str = "sc
         "_unranked": ~rankable,
         "_diverged": configs["diverged"].astype(bool),
         "_score": -configs[score] if mode == "max" else configs[score],
+        "_tiebreak": configs[tiebreak] if tiebreak in configs else math.nan,
     }, index=configs.index)
     for i, key in enumerate(keys):
         order[f"_k{i}"] = configs[key].map(_sort_value)
@@ -102,9 +114,10 @@ def rank(configs: pd.DataFrame, keys: Sequence[str], mode: str, score: str = "sc
     return out
 
 
-def best(configs: pd.DataFrame, keys: Sequence[str], mode: str, score: str = "score") -> pd.Series | None:
+def best(configs: pd.DataFrame, keys: Sequence[str], mode: str, score: str = "score",
+         tiebreak: str = "tiebreak") -> pd.Series | None:
     """The winning configuration's row, or None when nothing can be ranked."""
-    ordered = rank(configs, keys, mode, score)
+    ordered = rank(configs, keys, mode, score, tiebreak)
     return ordered.iloc[0] if len(ordered) and ordered["rank"].iloc[0] == 1 else None
 
 

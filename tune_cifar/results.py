@@ -22,6 +22,10 @@ CONFIG_FIELDS = tuple(f.name for f in fields(TrainConfig))
 KEY_COLUMNS = ("study", "trial_id", "seed", "status")
 RUNTIME_KEYS = ("device", "precision")  # reported by the trainable as resolved; they override the config's "auto"
 RECORD_FILE = "epochs.json"  # per trial folder: every epoch's record, kept by progress.EpochRecorder
+# A chained study's trial that repeats an earlier study's run is not trained again: its rows are the
+# earlier trial's, with `reused_from` = "<study>/<trial id>" (empty for a trial that was trained).
+REUSED_FROM = "reused_from"
+NOT_OF_THE_RUN = ("download", *RUNTIME_KEYS)  # how a run was launched, not what it computed
 
 
 def record_of(result: dict[str, Any]) -> dict[str, Any]:
@@ -39,12 +43,20 @@ def records_of(result: dict[str, Any]) -> list[dict[str, Any]]:
              "fused_members": len(result["members"])} for k, metrics in result["members"].items()]
 
 
+def trial_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A trial's config as it trained: a Repeater's copy number (`__trial_index__`) is that copy's seed."""
+    config = dict(config)
+    if "__trial_index__" in config:
+        config["seed"] = int(config.pop("__trial_index__"))
+    return config
+
+
 def member_trials(trial_id: str, config: dict[str, Any]) -> list[tuple[str, int | None, dict[str, Any]]]:
     """(trial id, member index, config) of every configuration a Tune trial trained: itself, or each
     member of a fused group (`config["members"]`), as `<group trial id>-<index>`."""
     members = config.get("members")
     if not isinstance(members, list):
-        return [(trial_id, None, config)]
+        return [(trial_id, None, trial_config(config))]
     return [(f"{trial_id}-{k}", k, member) for k, member in enumerate(members)]
 
 
@@ -176,10 +188,12 @@ def trial_frame(study: str, trial_id: str, config: dict[str, Any], records: list
 def combine(frames: Iterable[pd.DataFrame]) -> pd.DataFrame:
     frames = [f for f in frames if not f.empty]
     columns = [*KEY_COLUMNS, *METRICS, *EVENTS, *COUNTS, *(f"config/{n}" for n in CONFIG_FIELDS), "resources/cpu",
-               "resources/gpu"]
+               "resources/gpu", REUSED_FROM]
     if not frames:
         return pd.DataFrame(columns=columns)
     df = pd.concat(frames, ignore_index=True)
+    df[REUSED_FROM] = df[REUSED_FROM].astype("string") if REUSED_FROM in df else pd.Series(pd.NA, index=df.index,
+                                                                                             dtype="string")
     df["epoch"] = pd.to_numeric(df["epoch"], errors="coerce").astype("Int64")
     df["diverged"] = df["diverged"].astype("boolean").fillna(False).astype(bool)
     for name in EVENTS:
@@ -193,6 +207,35 @@ def fused_members(df: pd.DataFrame) -> pd.Series:
     """Members that shared each epoch's cost: the recorded count, 1 where none is (a plain trial, older results)."""
     recorded = pd.to_numeric(df["fused_members"], errors="coerce") if "fused_members" in df else None
     return (recorded if recorded is not None else pd.Series(float("nan"), index=df.index)).fillna(1).astype(int)
+
+
+def run_key(config: dict[str, Any]) -> str:
+    """What makes two trials the same run: every TrainConfig field, epochs, seed and data (data_dir)
+    included, but how it was launched."""
+    def plain(v):
+        v = _plain(v)
+        return None if isinstance(v, float) and math.isnan(v) else v
+    return json.dumps({k: plain(config.get(k)) for k in CONFIG_FIELDS if k not in NOT_OF_THE_RUN}, sort_keys=True)
+
+
+def reusable(planned: Sequence[dict[str, Any]], earlier: dict[str, pd.DataFrame]) -> list[tuple[str, str] | None]:
+    """For each planned trial's config, (study, trial id) of the trial an earlier study of the chain ran
+    to its end (a status ranking.py counts) as the same run (run_key), or None."""
+    done: dict[str, tuple[str, str]] = {}
+    for name, df in earlier.items():
+        last = last_rows(df)
+        for _, row in last[last["status"].map(ranking.counts)].iterrows():
+            source = row.get(REUSED_FROM)
+            where = tuple(source.split("/", 1)) if isinstance(source, str) and source else (name, row["trial_id"])
+            done.setdefault(run_key({k: row.get(f"config/{k}") for k in CONFIG_FIELDS}), where)
+    return [done.get(run_key(c)) for c in planned]
+
+
+def reused_rows(study: str, source: tuple[str, str], earlier: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """The earlier trial's rows as a trial of `study`, marked as reused from it (no epoch trained again)."""
+    name, trial_id = source  # (reusable names the trial that was trained, never a copy of it)
+    rows = earlier[name][earlier[name]["trial_id"] == trial_id]
+    return rows.assign(study=study, trial_id=f"{trial_id}-from-{name}", **{REUSED_FROM: f"{name}/{trial_id}"})
 
 
 def trials_without_results(df: pd.DataFrame) -> list[str]:

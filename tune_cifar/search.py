@@ -3,14 +3,18 @@ samples, and the scheduler (FIFO, ASHA, PBT). Checked here before Ray starts; bu
 objects only when a study runs.
 
 A study's SPACE maps fields to plain lists (grid axes) or Tune's sampling domains
-(`tune.loguniform`, `tune.uniform`, `tune.choice`, ...). Grid and random search use Tune's
-BasicVariantGenerator (lists crossed, domains sampled `num_samples` times); Optuna and HyperOpt see
-lists as categorical choices.
+(`tune.loguniform`, `tune.uniform`, `tune.choice`, ...). Grid and random search draw their points
+here (lists crossed; domains sampled `num_samples` times per grid point with a generator seeded by
+`search_seed`), and each point runs once per seed: Tune's BasicVariantGenerator gets them as
+`points_to_evaluate`, since its own sampling would redraw the domains for every seed. Optuna and
+HyperOpt see lists as categorical choices.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import itertools
+import json
 import math
 import random
 from dataclasses import dataclass, replace
@@ -59,6 +63,13 @@ def is_domain(value: Any) -> bool:
 
 def grid_size(space: Mapping[str, Any]) -> int:
     return math.prod(len(v) for v in space.values() if not is_domain(v))
+
+
+def distinct_points(space: Mapping[str, Any]) -> float:
+    """How many different configurations the space holds: finite for lists and categories, inf otherwise."""
+    sizes = [len(v.categories) if hasattr(v, "categories") else math.inf if is_domain(v) else len(v)
+             for v in space.values()]
+    return math.prod(sizes)
 
 
 def sampled_fields(space: Mapping[str, Any]) -> list[str]:
@@ -113,6 +124,39 @@ def num_trials(space: Mapping[str, Any], plan: SearchPlan, seeds: int) -> int:
     return plan.num_samples * seeds
 
 
+MAX_DRAWS = 100  # tries per sample to draw a configuration not drawn before
+
+
+def points(space: Mapping[str, Any], plan: SearchPlan) -> list[dict[str, Any]]:
+    """Grid and random search's configurations, each a {field: value} to run once per seed: every grid
+    point, with `num_samples` draws of the sampled fields (random search) from a generator seeded by
+    `search_seed`, so the same seed draws the same configurations. No configuration is drawn twice."""
+    import numpy as np
+
+    grid = {k: v for k, v in space.items() if not is_domain(v)}
+    sampled = sampled_fields(space)
+    rng = np.random.default_rng(plan.search_seed)
+    out, seen = [], set()
+    for values in itertools.product(*grid.values()):
+        for _ in range(plan.num_samples if sampled else 1):
+            for _ in range(MAX_DRAWS):
+                point = {**dict(zip(grid, values)), **{k: _plain(space[k].sample(random_state=rng)) for k in sampled}}
+                key = json.dumps(point, sort_keys=True, default=str)
+                if key not in seen:
+                    break
+            else:
+                raise ConfigError(f"--num-samples {plan.num_samples} cannot be drawn without repeating a "
+                                  f"configuration of {', '.join(f'{k} in {describe(space[k])}' for k in sampled)}; "
+                                  f"lower --num-samples, or widen the space")
+            seen.add(key)
+            out.append(point)
+    return out
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else value
+
+
 def check(space: Mapping[str, Any], plan: SearchPlan, epochs: int, seeds: int) -> SearchPlan:
     """Refuse combinations that cannot work, with one line naming what to change; return the resolved plan."""
     if plan.search not in SEARCHES:
@@ -128,6 +172,18 @@ def check(space: Mapping[str, Any], plan: SearchPlan, epochs: int, seeds: int) -
     if plan.search == "grid" and plan.num_samples > 1:
         raise ConfigError("--search grid runs every grid point once; repeat it with --seeds, or sample with "
                           "--search random --num-samples N")
+    # A configuration's repeats must be different seeds: the same configuration and seed twice is a copy.
+    if plan.search == "random" and not sampled and plan.num_samples > 1:
+        raise ConfigError(f"--search random --num-samples {plan.num_samples} over a space with nothing to sample "
+                          f"({', '.join(space)} are lists) would run each grid point {plan.num_samples} times with "
+                          f"the same seed; repeat with --seeds {plan.num_samples} instead")
+    if plan.search in SEARCH_PACKAGES and plan.num_samples > distinct_points(space):
+        raise ConfigError(f"--search {plan.search} --num-samples {plan.num_samples} over a space of only "
+                          f"{distinct_points(space)} configurations would repeat some with the same seed; use "
+                          f"--search grid (and --seeds N for repeats), or --num-samples {distinct_points(space)} "
+                          f"or fewer")
+    if plan.search == "random":
+        points(space, plan)  # a space too small for num_samples distinct draws is refused here
     if plan.search in SEARCH_PACKAGES:
         module, extra = SEARCH_PACKAGES[plan.search]
         if importlib.util.find_spec(module) is None:
@@ -137,6 +193,10 @@ def check(space: Mapping[str, Any], plan: SearchPlan, epochs: int, seeds: int) -
             raise ConfigError(f"--seeds {seeds} with --search {plan.search} repeats each sampled configuration and "
                               f"reports the mean, which a {plan.scheduler.upper()} scheduler cannot judge per trial; "
                               f"use --scheduler fifo, or --seeds 1")
+    if seeds > 1 and plan.scheduler == "asha":
+        raise ConfigError(f"--seeds {seeds} with --scheduler asha stops each seed's trial on its own, so a "
+                          f"configuration's mean would cover only the seeds ASHA let live; use --scheduler fifo, "
+                          f"or --seeds 1")
     plan = plan.resolved(epochs)
     if plan.scheduler == "asha":
         if not 1 <= plan.grace_period < epochs:
@@ -196,10 +256,16 @@ def tune_space(space: Mapping[str, Any], plan: SearchPlan) -> dict[str, Any]:
     return out
 
 
-def searcher(plan: SearchPlan, metric: str, mode: str, seeds: int, max_concurrent: int | None) -> Any:
-    """A Tune search algorithm, or None for Tune's own BasicVariantGenerator (grid and random)."""
+def searcher(plan: SearchPlan, metric: str, mode: str, seeds: int, max_concurrent: int | None,
+             trials: list[dict[str, Any]] | None = None) -> Any:
+    """A Tune search algorithm; grid and random search run exactly `trials` (each a config over the param
+    space, seed included) through Tune's BasicVariantGenerator, or Tune's own generator when None (fused)."""
     if plan.search in ("grid", "random"):
-        return None
+        if trials is None:
+            return None
+        from ray.tune.search import BasicVariantGenerator
+
+        return BasicVariantGenerator(points_to_evaluate=trials, max_concurrent=max_concurrent or 0)
     if plan.search == "optuna":
         from ray.tune.search.optuna import OptunaSearch
 

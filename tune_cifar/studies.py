@@ -10,7 +10,7 @@ from typing import Any
 
 import search_spaces
 from tune_cifar.config import ConfigError, TrainConfig
-from tune_cifar.search import SearchPlan, is_domain, num_trials, sampled_fields, validate_space
+from tune_cifar.search import SearchPlan, describe, is_domain, num_trials, sampled_fields, validate_space
 
 # Module attributes that set a study's default search plan -> SearchPlan's fields.
 PLAN_ATTRIBUTES = {"NUM_SAMPLES": "num_samples", "SCHEDULER": "scheduler", "GRACE_PERIOD": "grace_period",
@@ -47,6 +47,21 @@ class Study:
         grid = {k: v for k, v in self.space.items() if not is_domain(v)}
         keys = list(grid)
         return [base.replace(**dict(zip(keys, values))) for values in itertools.product(*grid.values())]
+
+    def described(self, carried: dict[str, Any] | None = None) -> str:
+        """The description of what runs: the module's own, or, in a chain, what varies and the values
+        actually carried (the module's text names its own base values, which a chain may replace)."""
+        carried = {k: v for k, v in (carried or {}).items() if k not in self.space}
+        if not carried:
+            return self.description
+        own = self.base_config().to_dict()
+        varied = "; ".join(f"{k} in {describe(v)}" for k, v in self.space.items())
+        text = (f"{self.title}: {varied}, with the earlier winners carried: "
+                + ", ".join(f"{k}={v}" for k, v in carried.items()))
+        replaced = {k: own.get(k) for k, v in carried.items() if own.get(k) != v}
+        if replaced:
+            text += " (instead of the study's own " + ", ".join(f"{k}={v}" for k, v in replaced.items()) + ")"
+        return text + "."  # (the epochs are the run's: the runner's lines and the report's Fixed line say them)
 
     def base_config(self, carried: dict[str, Any] | None = None) -> TrainConfig:
         carried = {k: v for k, v in (carried or {}).items() if k not in self.space}

@@ -22,6 +22,7 @@ from ray import tune
 from tune_cifar.config import TrainConfig
 from tune_cifar.data import CifarData, data_summary, device_data
 from tune_cifar.provenance import provenance
+from tune_cifar.results import trial_config
 from tune_cifar.storage import join, read_text, write_atomic
 from tune_cifar.train import CheckpointMismatch, TrainState, pick_device, train
 
@@ -71,9 +72,7 @@ def checkpoint_due(epoch: int, epochs: int, diverged: bool, options: TrialOption
 
 def train_trial(config: dict[str, Any], data: CifarData, options: TrialOptions = TrialOptions()) -> None:
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # one "checkpoint created" INFO line per epoch otherwise
-    config = dict(config)
-    if "__trial_index__" in config:  # a Repeater's copy number: the training seed of that copy
-        config["seed"] = int(config.pop("__trial_index__"))
+    config = trial_config(config)  # a Repeater's copy number is that copy's training seed
     ctx = tune.get_context()
     gpu_ids = [str(g) for g in ray.get_gpu_ids()]
     hide_gpus_without_share(gpu_ids, config.get("device", "auto"))
