@@ -23,11 +23,11 @@ from typing import Any
 import pandas as pd
 
 from tune_cifar import results, search
-from tune_cifar.config import ConfigError
+from tune_cifar.config import ConfigError, TrainConfig
 from tune_cifar.data import CifarData
 from tune_cifar.storage import is_nonempty_folder, is_uri, join, read_text, write_atomic
 from tune_cifar.search import SearchPlan
-from tune_cifar.studies import Study
+from tune_cifar.studies import Study, load_study, scaled_settings
 
 
 class ExperimentError(RuntimeError):
@@ -68,13 +68,64 @@ RECORDED_OPTIONS = ("seeds", "epochs", "gpus_per_trial", "cpus_per_trial", "max_
                     "checkpoint_every", "device", "fuse")
 
 
-def search_plan(study: Study, opts: RunOptions) -> SearchPlan:
-    """The study's own plan with the command line's choices over it, checked (ConfigError if it cannot work)."""
+# Search settings that belong to one scheduler: given under another, they would silently do nothing.
+SCHEDULER_SETTINGS = {"grace_period": "asha", "reduction_factor": "asha", "perturbation_interval": "pbt"}
+
+
+@dataclass(frozen=True)
+class Step:
+    """One study as a run would run it: checked, with every setting in force."""
+    study: Study  # at the run's epochs (Study.at_epochs: its epoch-counted settings scaled)
+    search: SearchPlan  # resolved: the study's plan, the command line's over it, defaults filled in
+    epochs: int  # every trial's epochs
+    base: TrainConfig  # the study's base with the run's settings over it (a chain's carried values come later)
+    own_epochs: int  # the study's own epochs, which `scaled` is relative to
+    scaled: dict[str, tuple[Any, Any]]  # study setting -> (its own value, the value at `epochs`)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a command would run: the study itself, or a chain's studies in order."""
+    study: Study
+    steps: tuple[Step, ...]
+    seeds: tuple[int, ...]  # every configuration runs once with each
+
+
+def plan_run(study: Study, opts: RunOptions) -> Plan:
+    """Every refusal a run makes before Ray starts, and what it would run: the one path that both
+    `--dry-run` and a real start take (a new refusal goes here, or in plan_step, and applies to both)."""
     if study.chain and opts.plan:
         raise ConfigError(f"the {study.name!r} chain runs its studies as their own grids; search one study instead "
                           f"(e.g. python -m tune_cifar.run joint)")
-    plan = replace(study.plan, **dict(opts.plan))
-    epochs = opts.epochs or study.base_config().epochs
+    studies = [load_study(name) for name in study.chain] or [study]
+    extra = dict(opts.extra)
+    for sub in studies:
+        varied = [k for k in extra if k in sub.space]
+        if varied:
+            where = f"the {study.name!r} chain's {sub.name!r} step" if study.chain else f"the {sub.name!r} study"
+            raise ConfigError(f"--set {varied[0]}={extra[varied[0]]} fixes {varied[0]}, which {where} varies "
+                              f"({search.describe(sub.space[varied[0]])}); drop it, or run a study that does not "
+                              f"vary {varied[0]}")
+    if "seed" in extra and opts.seeds > 1:
+        raise ConfigError(f"--set seed={extra['seed']} with --seeds {opts.seeds}: --seeds runs every configuration "
+                          f"with seeds 0..{opts.seeds - 1}; pass one of the two")
+    return Plan(study, tuple(plan_step(sub, opts) for sub in studies), run_seeds(opts))
+
+
+def plan_step(study: Study, opts: RunOptions) -> Step:
+    """One (non-chain) study checked as plan_run checks it; run_study calls it again after a resume
+    has taken the saved experiment's options."""
+    own = study.base_config().epochs
+    epochs = opts.epochs or own
+    at_length = study.at_epochs(epochs)
+    given = dict(opts.plan)
+    plan = replace(at_length.plan, **given)
+    for name, scheduler in SCHEDULER_SETTINGS.items():
+        # (on --resume the saved plan fills every field; the experiment's own identity check compares them)
+        if name in given and plan.scheduler != scheduler and not opts.resume:
+            flag = "--" + name.replace("_", "-")
+            raise ConfigError(f"{flag} is a setting of {scheduler.upper()}, and this run's scheduler is "
+                              f"{plan.scheduler}: add --scheduler {scheduler}, or drop {flag}")
     plan = search.check(study.space, plan, epochs, opts.seeds)
     if opts.fuse is not None:
         if opts.fuse < 1:
@@ -83,7 +134,20 @@ def search_plan(study: Study, opts: RunOptions) -> SearchPlan:
             raise ConfigError(f"--fuse trains a grid's configurations together from start to end; it cannot be combined "
                               f"with --search {plan.search} --scheduler {plan.scheduler}, which pick or stop trials "
                               f"one by one (use --search grid --scheduler fifo, or drop --fuse)")
-    return plan
+    base = at_length.base_config().replace(**_overrides(opts))
+    search.validate_space(study.space, base)  # every grid point and domain edge under the run's settings
+    return Step(at_length, plan, epochs, base, own, scaled_settings(study, epochs))
+
+
+def search_plan(study: Study, opts: RunOptions) -> SearchPlan:
+    """The search in force for one study (plan_step's, checked)."""
+    return plan_step(study, opts).search
+
+
+def run_seeds(opts: RunOptions) -> tuple[int, ...]:
+    """The seeds every configuration runs with: --set seed=K alone, else 0..seeds-1."""
+    extra = dict(opts.extra)
+    return (extra["seed"],) if "seed" in extra else tuple(range(opts.seeds))
 
 
 def fused_groups(study: Study, opts: RunOptions, carried: dict[str, Any]) -> list[list[dict[str, Any]]]:
@@ -91,7 +155,7 @@ def fused_groups(study: Study, opts: RunOptions, carried: dict[str, Any]) -> lis
     from tune_cifar.fused import group_configs
 
     overrides = _overrides(opts)
-    cfgs = [c.replace(**overrides, seed=seed) for c in study.configs(carried) for seed in range(opts.seeds)]
+    cfgs = [c.replace(**{**overrides, "seed": seed}) for c in study.configs(carried) for seed in run_seeds(opts)]
     return [[cfgs[i].to_dict() for i in group] for group in group_configs(cfgs, opts.fuse)]
 
 
@@ -145,11 +209,13 @@ def check_experiment_folder(path: str, record: dict[str, Any], resume: bool) -> 
         if saved is None:
             raise ExperimentError(f"nothing to resume at {path}: no experiment there; drop --resume to start one")
         if _identity(saved) != _identity(record):
-            raise ExperimentError(f"{path} holds a different experiment ({_describe(saved)}); it cannot be "
-                                  f"resumed as {_describe(record)}: pass the same options or another --storage-path")
+            raise ExperimentError(f"{path} holds a different experiment ({_differences(saved, record)}), so it "
+                                  f"cannot be resumed with these options: pass the experiment's own, or another "
+                                  f"--storage-path")
         return saved
     if saved is not None:
-        what = "the same study" if _identity(saved) == _identity(record) else f"another experiment ({_describe(saved)})"
+        what = ("the same study" if _identity(saved) == _identity(record)
+                else f"another experiment ({_differences(saved, record)})")
         raise ExperimentError(f"{path} already holds {what}; pass --resume to continue it, or choose another "
                               f"--storage-path (nothing was overwritten)")
     if is_nonempty_folder(path):
@@ -194,16 +260,21 @@ def _parse_record(text: str, folder: str) -> dict[str, Any]:
     return record
 
 
-def _identity(record: dict[str, Any]) -> tuple:
+def _identity(record: dict[str, Any]) -> dict[str, str]:
+    """What makes an experiment this one, setting by setting: a resume must match every one."""
     base = {k: v for k, v in record.get("base", {}).items() if k not in ("data_dir", "download", "device")}
-    return (record.get("study"), json.dumps(record.get("space"), sort_keys=True),
-            json.dumps(base, sort_keys=True, default=str), record.get("seeds"),
-            json.dumps(record.get("search") or asdict(SearchPlan()), sort_keys=True), record.get("fuse"))
+    plan = record.get("search") or asdict(SearchPlan())
+    settings = {"study": record.get("study"), "space": record.get("space"), "seeds": record.get("seeds"),
+                "fuse": record.get("fuse"), **base, **{f"search {k}": v for k, v in plan.items()}}
+    return {k: json.dumps(v, sort_keys=True, default=str) for k, v in settings.items()}
 
 
-def _describe(record: dict[str, Any]) -> str:
-    return (f"study {record.get('study')!r}, space {record.get('space')}, seeds {record.get('seeds')}, "
-            f"search {record.get('strategy') or 'grid'}")
+def _differences(saved: dict[str, Any], record: dict[str, Any]) -> str:
+    """`epochs 5 there, 3 here; seeds 1 there, 2 here`: each setting in which two experiments differ."""
+    there, here = _identity(saved), _identity(record)
+    names = [*there, *(k for k in here if k not in there)]
+    return "; ".join(f"{k} {there.get(k, 'unset')} there, {here.get(k, 'unset')} here"
+                     for k in names if there.get(k) != here.get(k))
 
 
 def results_frame(result_grid: Any, study: Study, res: dict[str, float]) -> pd.DataFrame:
@@ -239,8 +310,8 @@ def run_study(study: Study, data: CifarData, opts: RunOptions, storage: str, car
         existing = read_text(join(path, "study.json"))
         if existing is not None:
             opts = resume_options(_parse_record(existing, path), opts, given)
-    plan = search_plan(study, opts)
-    epochs = opts.epochs or study.base_config().epochs
+    step = plan_step(study, opts)
+    study, plan, epochs = step.study, step.search, step.epochs  # the study at the run's length
     res = resources(opts, ray.cluster_resources().get("GPU", 0))
     record = study_record(study, opts, carried, res, chain, plan)
     saved = check_experiment_folder(path, record, opts.resume)
@@ -347,8 +418,6 @@ def _quiet_tune(quiet: bool):
 
 def run(study: Study, data: CifarData, opts: RunOptions, given: set[str] = frozenset()) -> dict[str, pd.DataFrame]:
     """Run a study, or a chain of studies each carrying the earlier winners; print each table."""
-    from tune_cifar.studies import load_study
-
     if not study.chain:
         df = run_study(study, data, opts, opts.storage_path, given=given)
         _print_table(df, study)
