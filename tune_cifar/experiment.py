@@ -136,7 +136,8 @@ def plan_step(study: Study, opts: RunOptions) -> Step:
                               f"one by one (use --search grid --scheduler fifo, or drop --fuse)")
     base = at_length.base_config().replace(**_overrides(opts))
     search.validate_space(study.space, base)  # every grid point and domain edge under the run's settings
-    return Step(at_length, plan, epochs, base, own, scaled_settings(study, epochs))
+    scaled = {k: v for k, v in scaled_settings(study, epochs).items() if k not in given and k not in dict(opts.extra)}
+    return Step(at_length, plan, epochs, base, own, scaled)  # (what the user gave is the user's, not scaled)
 
 
 def search_plan(study: Study, opts: RunOptions) -> SearchPlan:

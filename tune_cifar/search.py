@@ -137,6 +137,9 @@ def check(space: Mapping[str, Any], plan: SearchPlan, epochs: int, seeds: int) -
             raise ConfigError(f"--seeds {seeds} with --search {plan.search} repeats each sampled configuration and "
                               f"reports the mean, which a {plan.scheduler.upper()} scheduler cannot judge per trial; "
                               f"use --scheduler fifo, or --seeds 1")
+    if plan.scheduler != "fifo" and epochs < 2:  # (so the settings' own errors below are only ever the user's)
+        raise ConfigError(f"the {plan.scheduler.upper()} scheduler acts between epochs, so it needs at least 2 and this "
+                          f"run has {epochs}: give more --epochs, or --scheduler fifo")
     plan = plan.resolved(epochs)
     if plan.scheduler == "asha":
         if not 1 <= plan.grace_period < epochs:
