@@ -189,7 +189,8 @@ def test_every_listed_study_starts_with_smoke_and_reports_a_first_epoch(tmp_path
         storage = tmp_path / name
         cmd = [sys.executable, "-m", "tune_cifar.run", name, "--smoke", "--max-concurrent", "1", "--gpus-per-trial",
                "0", "--cpus-per-trial", "2", "--storage-path", str(storage)]
-        driver = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ray.env)
+        log = tmp_path / f"{name}.log"
+        driver = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log.open("w"), env=ray.env)
         try:
             deadline = time.time() + 120
             while time.time() < deadline and driver.poll() is None:
@@ -201,7 +202,7 @@ def test_every_listed_study_starts_with_smoke_and_reports_a_first_epoch(tmp_path
                 os.kill(driver.pid, signal.SIGKILL)
             driver.wait()
             if not first or '"epoch": 1' not in first[0].read_text():
-                failures.append((name, driver.returncode, driver.stderr.read()[-1500:]))
+                failures.append((name, driver.returncode, log.read_text()[-1500:]))
         finally:
             if driver.poll() is None:
                 driver.kill()
