@@ -13,7 +13,7 @@ import time
 import pytest
 
 import search_spaces
-from conftest import IsolatedRay
+from conftest import IsolatedRay, free_port, ray_cli, run_checked
 from tune_cifar import data as cifar_data
 from tune_cifar import run as cli
 from tune_cifar.config import ConfigError
@@ -81,6 +81,17 @@ def _refusals(tmp_path):
         (["lr", "--set", "lr=0"], "invalid lr=0.0: must be > 0"),
         (["lr", "--storage-path", not_a_folder / "sub"], "is not writable"),
     ]
+    for folder in ("held/lr", "held/all/lr", "alien/lr"):
+        (tmp_path / folder).mkdir(parents=True)
+    for folder in ("held/lr", "held/all/lr"):
+        (tmp_path / folder / "study.json").write_text(json.dumps({"study": "lr", "seeds": 3}))
+    (tmp_path / "alien" / "lr" / "keep.txt").write_text("precious")
+    smoke += [  # the experiment folder: refused before Ray starts too
+        (["lr", "--storage-path", tmp_path / "held"], "already holds another experiment (space"),
+        (["all", "--storage-path", tmp_path / "held"], "already holds another experiment (space"),
+        (["lr", "--storage-path", tmp_path / "alien"], "exists and is not an experiment of ours"),
+        (["lr", "--resume", "--storage-path", tmp_path / "nothing"], "nothing to resume at"),
+    ]
     return [([*argv, "--smoke"], needle) for argv, needle in smoke] + [
         (["lr", "--no-download", "--data-dir", empty], "no CIFAR-100 in")]
 
@@ -95,7 +106,10 @@ def test_every_refusal_is_the_same_for_the_dry_run_and_a_real_start(tmp_path, mo
         lines = real[2].strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], (argv, lines)
         assert dry == real, (argv, dry, real)  # the same exit, the same line, nothing printed
-    assert not storage.exists()
+    assert not storage.exists() and not (tmp_path / "nothing").exists()
+    assert sorted(str(p.relative_to(tmp_path)) for d in ("held", "alien") for p in (tmp_path / d).rglob("*")
+                  if p.is_file()) == [
+        "alien/lr/keep.txt", "held/all/lr/study.json", "held/lr/study.json"]
 
 
 def test_what_the_dry_run_accepts_a_real_start_accepts(tmp_path, monkeypatch):
@@ -182,29 +196,37 @@ def test_epoch_counted_settings_scale_from_the_studys_own_epochs(tmp_path, monke
 
 @pytest.mark.slow
 def test_every_listed_study_starts_with_smoke_and_reports_a_first_epoch(tmp_path):
-    """Each study as a newcomer first runs it, `--smoke` and nothing else, killed at its first epoch's result."""
-    failures = []
-    for name in study_order():
-        ray = IsolatedRay(tmp_path)  # a driver killed with SIGKILL leaves its Ray behind: kill exactly that one
-        storage = tmp_path / name
-        cmd = [sys.executable, "-m", "tune_cifar.run", name, "--smoke", "--max-concurrent", "1", "--gpus-per-trial",
-               "0", "--cpus-per-trial", "2", "--storage-path", str(storage)]
-        log = tmp_path / f"{name}.log"
-        driver = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log.open("w"), env=ray.env)
-        try:
-            deadline = time.time() + 120
-            while time.time() < deadline and driver.poll() is None:
-                if any(p.stat().st_size for p in storage.glob("**/result.json")):
-                    break
-                time.sleep(0.5)
-            first = [p for p in storage.glob("**/result.json") if p.stat().st_size]
-            if driver.poll() is None:
-                os.kill(driver.pid, signal.SIGKILL)
-            driver.wait()
+    """Each study as a newcomer first runs it, `--smoke` and nothing else, killed at its first epoch's result.
+
+    One Ray head for all (a driver joins it in ~1 s, where starting one costs ~5 s); a killed driver's
+    trials end with it, and IsolatedRay.kill stops the head and anything left.
+    """
+    ray = IsolatedRay(tmp_path)
+    port = free_port()
+    try:
+        run_checked([ray_cli(), "start", "--head", f"--port={port}", "--num-cpus=2", "--num-gpus=0",
+                     "--include-dashboard=false", "--disable-usage-stats"], env=ray.env, timeout=120)
+        failures = []
+        for name in study_order():
+            storage, log = tmp_path / name, tmp_path / f"{name}.log"
+            cmd = [sys.executable, "-m", "tune_cifar.run", name, "--smoke", "--address", f"127.0.0.1:{port}",
+                   "--max-concurrent", "1", "--cpus-per-trial", "2", "--storage-path", str(storage)]
+            driver = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log.open("w"), env=ray.env)
+            try:
+                deadline = time.time() + 240  # ResNet-18's first epoch is the longest: ~40 s on 2 free cores
+                while time.time() < deadline and driver.poll() is None and not _first_results(storage):
+                    time.sleep(0.5)
+            finally:
+                if driver.poll() is None:
+                    os.kill(driver.pid, signal.SIGKILL)
+                driver.wait()
+            first = _first_results(storage)
             if not first or '"epoch": 1' not in first[0].read_text():
                 failures.append((name, driver.returncode, log.read_text()[-1500:]))
-        finally:
-            if driver.poll() is None:
-                driver.kill()
-            ray.kill()
-    assert not failures, failures
+        assert not failures, failures
+    finally:
+        ray.kill()
+
+
+def _first_results(storage):
+    return [p for p in storage.glob("**/result.json") if p.stat().st_size]

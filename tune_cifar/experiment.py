@@ -224,6 +224,32 @@ def check_experiment_folder(path: str, record: dict[str, Any], resume: bool) -> 
     return None
 
 
+def open_folder(study: Study, opts: RunOptions, path: str, carried: dict[str, Any], chain: str | None,
+                given: set[str]) -> tuple[RunOptions, Step, dict[str, Any] | None]:
+    """The experiment folder's refusals, and the options (a resume takes the saved ones) and the step a
+    run there takes; the saved record when resuming. Resources are no part of an experiment's identity,
+    so this needs no Ray."""
+    if opts.resume:
+        existing = read_text(join(path, "study.json"))
+        if existing is not None:
+            opts = resume_options(_parse_record(existing, path), opts, given)
+    step = plan_step(study, opts)
+    record = study_record(step.study, opts, carried, {}, chain, step.search)
+    return opts, step, check_experiment_folder(path, record, opts.resume)
+
+
+def check_storage(plan: Plan, opts: RunOptions, given: set[str] = frozenset()) -> None:
+    """run_study's folder refusals (already there without --resume, nothing to resume, another experiment)
+    made before Ray starts, for the dry run too: a study's folder, or a chain's first step's (the later
+    steps' configurations depend on the earlier winners)."""
+    study, storage, chain = plan.study, opts.storage_path, None
+    if study.chain:
+        study, storage, chain = load_study(study.chain[0]), join(storage, study.name), study.name
+        if opts.resume and read_text(join(storage, study.name, "study.json")) is None:
+            opts = replace(opts, resume=False)  # as run() does: the chain stopped before this study began
+    open_folder(study, opts, join(storage, study.name), {}, chain, given)
+
+
 def resume_options(saved: dict[str, Any], opts: RunOptions, given: set[str]) -> RunOptions:
     """The saved experiment's options, with the ones given on this command line applied where Tune can.
 
@@ -307,15 +333,10 @@ def run_study(study: Study, data: CifarData, opts: RunOptions, storage: str, car
 
     carried = carried or {}
     path = join(storage, study.name)
-    if opts.resume:
-        existing = read_text(join(path, "study.json"))
-        if existing is not None:
-            opts = resume_options(_parse_record(existing, path), opts, given)
-    step = plan_step(study, opts)
+    opts, step, saved = open_folder(study, opts, path, carried, chain, given)
     study, plan, epochs = step.study, step.search, step.epochs  # the study at the run's length
     res = resources(opts, ray.cluster_resources().get("GPU", 0))
     record = study_record(study, opts, carried, res, chain, plan)
-    saved = check_experiment_folder(path, record, opts.resume)
     if saved is not None:
         res = saved.get("resources") or res
         record = {**saved, "options": {k: getattr(opts, k) for k in RECORDED_OPTIONS}}

@@ -24,7 +24,7 @@ if __name__ == "__main__" and not __package__:
 from tune_cifar import catalog  # noqa: E402
 from tune_cifar.config import ConfigError, TrainConfig  # noqa: E402
 from tune_cifar.data import DataError, has_dataset, load_cifar100, read_cifar100, write_synthetic  # noqa: E402
-from tune_cifar.experiment import ExperimentError, Interrupted, RunOptions, plan_run, run  # noqa: E402
+from tune_cifar.experiment import ExperimentError, Interrupted, RunOptions, check_storage, plan_run, run  # noqa: E402
 from tune_cifar.schema import DEVICES  # noqa: E402
 from tune_cifar.search import SCHEDULERS, SEARCHES  # noqa: E402
 from tune_cifar.storage import is_uri  # noqa: E402
@@ -181,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         validate(args)
         opts, given = options(args, args.data_dir)
         plan = plan_run(study, opts)  # the dry run and the run: one set of refusals, all before Ray starts
+        check_storage(plan, opts, given)
         if args.dry_run:
             print(catalog.dry_run(plan), end="")
             return 0
