@@ -120,8 +120,8 @@ def test_what_the_dry_run_accepts_a_real_start_accepts(tmp_path, monkeypatch):
         assert _cli(argv, monkeypatch)[0] == "started", argv
 
 
-def test_the_dry_run_shows_the_seed_a_set_seed_runs_with():
-    code, out = _main_out("lr", "--set", "seed=7", "--dry-run")
+def test_the_dry_run_shows_the_seed_a_set_seed_runs_with(tmp_path):
+    code, out = _main_out(tmp_path, "lr", "--set", "seed=7", "--dry-run")
     table = out.split("trial  seed")[1].strip().splitlines()[1:]  # below the header
     assert code == 0 and [row.split()[1] for row in table] == ["7", "7", "7"]
     study, opts = load_study("lr"), RunOptions(extra=(("seed", 7),))
@@ -130,10 +130,10 @@ def test_the_dry_run_shows_the_seed_a_set_seed_runs_with():
     assert [m["seed"] for g in groups for m in g] == [7, 7, 7]
 
 
-def _main_out(*argv):
+def _main_out(storage, *argv):
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        code = cli.main(list(argv))
+        code = cli.main([*argv, "--storage-path", str(storage)])
     return code, out.getvalue()
 
 
@@ -157,19 +157,19 @@ def test_a_resume_refusal_names_each_setting_that_differs(tmp_path):
     assert "already holds another experiment (epochs 5 there, 3 here)" in str(e.value)
 
 
-def test_every_listed_study_dry_runs_at_the_smokes_length_with_its_settings_scaled():
+def test_every_listed_study_dry_runs_at_the_smokes_length_with_its_settings_scaled(tmp_path):
     for name in study_order():
-        code, out = _main_out(name, "--smoke", "--dry-run")
+        code, out = _main_out(tmp_path, name, "--smoke", "--dry-run")
         assert code == 0 and "x 5 epochs" in out, name
-    _, out = _main_out("joint", "--smoke", "--dry-run")
+    _, out = _main_out(tmp_path, "joint", "--smoke", "--dry-run")
     assert "(grace 1, reduction 4)" in out and "grace_period 15 -> 1" in out  # the study's 15 of 300 epochs
-    _, out = _main_out("schedules", "--smoke", "--dry-run")
+    _, out = _main_out(tmp_path, "schedules", "--smoke", "--dry-run")
     assert "warmup_epochs 5 -> 1" in out and "warmup_epochs=1," in out
-    _, out = _main_out("joint", "--epochs", "30", "--dry-run")
+    _, out = _main_out(tmp_path, "joint", "--epochs", "30", "--dry-run")
     assert "(grace 2, reduction 4)" in out
-    _, out = _main_out("joint", "--smoke", "--grace-period", "2", "--dry-run")  # the user's own: as given
+    _, out = _main_out(tmp_path, "joint", "--smoke", "--grace-period", "2", "--dry-run")  # the user's own: as given
     assert "(grace 2, reduction 4)" in out and "grace_period 15" not in out
-    _, out = _main_out("schedules", "--smoke", "--set", "warmup_epochs=3", "--dry-run")
+    _, out = _main_out(tmp_path, "schedules", "--smoke", "--set", "warmup_epochs=3", "--dry-run")
     assert "warmup_epochs=3," in out
 
 
