@@ -14,6 +14,9 @@ and optionally how the space is searched by default (the command line can overri
     NUM_SAMPLES            configurations a sampler draws (default 1)
     SCHEDULER              "fifo" (default), "asha" or "pbt"
     GRACE_PERIOD, REDUCTION_FACTOR, PERTURBATION_INTERVAL   the scheduler's settings
+Settings counted in epochs (GRACE_PERIOD, PERTURBATION_INTERVAL, BASE's warmup_epochs and step
+milestones in epochs) are for the study's own epochs; a run of another length scales them
+(tune_cifar.studies.scaled_settings).
 
 or, for a chain of studies, CHAIN: list of study names run in order, each taking the winners of the
 earlier ones. Adding a study means adding a file here; `tune_cifar.studies` discovers it by name.

@@ -8,13 +8,16 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tune_cifar import search
 from tune_cifar.config import TrainConfig
 from tune_cifar.results import run_key
 from tune_cifar.search import SearchPlan
 from tune_cifar.studies import Study, load_study, study_order
+
+if TYPE_CHECKING:
+    from tune_cifar.experiment import Plan, Step
 
 CARRIED = "carried from the previous study's winner"
 MAX_WINNER_CHOICES = 4096  # chain_repeats tries every choice of earlier winners, up to this many
@@ -25,11 +28,13 @@ def size(study: Study, seeds: int = 1, epochs: int | None = None, plan: SearchPl
     n = study.num_trials(seeds, plan)
     per = epochs or study.base_config().epochs
     text = f"{n} trials x {per} epochs = {n * per:,} trial-epochs"
+    resolved = plan.resolved(per)
     if plan.scheduler == "asha":
-        resolved = plan.resolved(per)
         expected = n * search.asha_expected_trial_epochs(per, resolved.grace_period, resolved.reduction_factor)
         text += f" at most, ~{expected:,.0f} expected under ASHA (grace {resolved.grace_period}, " \
                 f"reduction {resolved.reduction_factor})"
+    if plan.scheduler == "pbt":
+        text += f", PBT exploiting every {resolved.perturbation_interval} epochs"
     return text
 
 
@@ -108,49 +113,54 @@ def settable_fields() -> str:
     return ", ".join(f.name for f in fields(TrainConfig))
 
 
-def dry_run(study: Study, seeds: int, overrides: dict[str, Any], plan: SearchPlan | None = None,
-            carried: dict[str, Any] | None = None) -> str:
-    """Every trial's configuration (grid points x seeds) or the sampled space, and the totals."""
-    if study.chain:
-        parts, carried_keys, saved = [], {}, 0
-        repeats = chain_repeats(study, overrides)
-        for step in study.chain:
-            sub = load_study(step)
-            parts.append(dry_run(sub, seeds, overrides, carried=carried_keys))
-            if repeats[step]:
-                epochs = overrides.get("epochs") or sub.base_config().epochs
-                parts[-1] += f"  {_repeat_note(sub, repeats[step], seeds, epochs)}\n"
-                saved += len(repeats[step]) * seeds * epochs
-            carried_keys = {**carried_keys, **{k: CARRIED for k in sub.space}}
-        total = study.trial_epochs(seeds, overrides.get("epochs"))
+def dry_run(plan: Plan) -> str:
+    """Every trial's configuration (grid points, random draws, x seeds) or the sampled space, and the
+    totals, exactly as experiment.plan_run planned them (the settings in force, not the study module's);
+    for a chain, the trials it reuses from its earlier steps (chain_repeats) instead of training."""
+    parts, carried, saved = [], {}, 0
+    repeats = chain_repeats(plan.study, plan.overrides) if plan.study.chain else {}
+    n = len(plan.seeds)
+    for step in plan.steps:
+        parts.append(_step(step, plan.seeds, carried))
+        if repeats.get(step.study.name):
+            reuse = repeats[step.study.name]
+            parts[-1] += f"  {_repeat_note(step.study, reuse, n, step.epochs)}\n"
+            saved += len(reuse) * n * step.epochs
+        carried = {**carried, **{k: CARRIED for k in step.study.space}}
+    if plan.study.chain:
+        trials = sum(s.study.num_trials(n, s.search) for s in plan.steps)
+        total = sum(s.study.num_trials(n, s.search) * s.epochs for s in plan.steps)
         reused = f" ({total - saved:,} trained, {saved:,} reused from earlier steps)" if saved else ""
-        return "\n".join(parts) + f"\n{study.name}: {study.num_trials(seeds)} trials, {total:,} trial-epochs in all{reused}\n"
-    plan = plan or study.plan
-    epochs = overrides.get("epochs")
-    carried = {k: v for k, v in (carried or {}).items() if k not in study.space}
-    base = study.base_config().replace(**{k: v for k, v in overrides.items()})
+        parts.append(f"{plan.study.name}: {trials} trials, {total:,} trial-epochs in all{reused}\n")
+    return "\n".join(parts)
+
+
+def _step(step: Step, seeds: tuple[int, ...], carried: dict[str, Any]) -> str:
+    study, plan = step.study, step.search
+    carried = {k: v for k, v in carried.items() if k not in study.space}
     lines = [f"{study.name}: {study.description}",
-             f"  search {plan.label()}; {size(study, seeds, epochs, plan)}"]
+             f"  search {plan.label()}; {size(study, len(seeds), step.epochs, plan)}"]
+    if step.scaled:
+        lines.append(f"  at {step.epochs} epochs, the study's settings for its {step.own_epochs}: "
+                     + ", ".join(f"{k} {own} -> {now}" for k, (own, now) in step.scaled.items()))
     if carried:
         lines.append("  " + ", ".join(f"{k}: {v}" for k, v in carried.items()))
-    fixed = {k: v for k, v in base.to_dict().items() if k not in study.space and k not in carried
+    fixed = {k: v for k, v in step.base.to_dict().items() if k not in study.space and k not in carried
              and k not in ("data_dir", "download")}
     lines.append("  fixed: " + ", ".join(f"{k}={v}" for k, v in fixed.items()))
     sampled = search.sampled_fields(study.space)
     if sampled:
-        lines.append("  sampled per trial: " + "; ".join(f"{k} ~ {search.describe(study.space[k])}" for k in sampled))
-    grid = {k: v for k, v in study.space.items() if k not in sampled}
-    rows = list(itertools.product(*grid.values())) or [()]
-    if plan.search in ("grid", "random"):
-        header = ["trial", "seed", *grid] + (["sample"] if plan.num_samples > 1 else [])
-        table = []
-        for n, (values, sample, seed) in enumerate(itertools.product(rows, range(plan.num_samples), range(seeds)), 1):
-            table.append([str(n), str(seed), *map(str, values)] + ([str(sample + 1)] if plan.num_samples > 1 else []))
+        lines.append(("  drawn with --search-seed " + str(plan.search_seed) + ": " if plan.search == "random" else
+                      "  sampled per trial: ") + "; ".join(f"{k} ~ {search.describe(study.space[k])}" for k in sampled))
+    if plan.search in ("grid", "random"):  # exactly the points the run gives Tune (search.points), each per seed
+        header = ["trial", "seed", *study.space]
+        table = [[str(n), str(seed), *(str(point[k]) for k in study.space)]
+                 for n, (point, seed) in enumerate(itertools.product(search.points(study.space, plan), seeds), 1)]
         lines += _table(header, table)
     else:
         lines.append(f"  {plan.num_samples} configurations drawn by {plan.label()} at run time from "
                      + "; ".join(f"{k} in {search.describe(v)}" for k, v in study.space.items())
-                     + (f", each with seeds 0..{seeds - 1}" if seeds > 1 else ""))
+                     + (f", each with seeds {', '.join(map(str, seeds))}" if len(seeds) > 1 else ""))
     return "\n".join(lines) + "\n"
 
 

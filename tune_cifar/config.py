@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
@@ -70,6 +71,9 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def __post_init__(self) -> None:
+        for f in fields(self):  # inf passes "> 0" and would train on nothing but inf and NaN
+            if f.type == "float" and not math.isfinite(getattr(self, f.name)):
+                raise ConfigError(f"invalid {f.name}={getattr(self, f.name)!r}: must be a finite number")
         milestones_error = _milestones_error(self.step_milestones)
         checks = [
             ("model", self.model in MODEL_NAMES, f"must be one of {', '.join(MODEL_NAMES)}"),

@@ -27,7 +27,7 @@ from tune_cifar.config import ConfigError, TrainConfig
 from tune_cifar.data import CifarData
 from tune_cifar.storage import is_nonempty_folder, is_uri, join, read_text, write_atomic
 from tune_cifar.search import SearchPlan
-from tune_cifar.studies import Study
+from tune_cifar.studies import Study, load_study, scaled_settings
 
 
 class ExperimentError(RuntimeError):
@@ -68,13 +68,65 @@ RECORDED_OPTIONS = ("seeds", "epochs", "gpus_per_trial", "cpus_per_trial", "max_
                     "checkpoint_every", "device", "fuse")
 
 
-def search_plan(study: Study, opts: RunOptions) -> SearchPlan:
-    """The study's own plan with the command line's choices over it, checked (ConfigError if it cannot work)."""
+# Search settings that belong to one scheduler: given under another, they would silently do nothing.
+SCHEDULER_SETTINGS = {"grace_period": "asha", "reduction_factor": "asha", "perturbation_interval": "pbt"}
+
+
+@dataclass(frozen=True)
+class Step:
+    """One study as a run would run it: checked, with every setting in force."""
+    study: Study  # at the run's epochs (Study.at_epochs: its epoch-counted settings scaled)
+    search: SearchPlan  # resolved: the study's plan, the command line's over it, defaults filled in
+    epochs: int  # every trial's epochs
+    base: TrainConfig  # the study's base with the run's settings over it (a chain's carried values come later)
+    own_epochs: int  # the study's own epochs, which `scaled` is relative to
+    scaled: dict[str, tuple[Any, Any]]  # study setting -> (its own value, the value at `epochs`)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a command would run: the study itself, or a chain's studies in order."""
+    study: Study
+    steps: tuple[Step, ...]
+    seeds: tuple[int, ...]  # every configuration runs once with each
+    overrides: dict[str, Any]  # the run's TrainConfig settings over every study's base (--set, --epochs, ...)
+
+
+def plan_run(study: Study, opts: RunOptions) -> Plan:
+    """Every refusal a run makes before Ray starts, and what it would run: the one path that both
+    `--dry-run` and a real start take (a new refusal goes here, or in plan_step, and applies to both)."""
     if study.chain and opts.plan:
         raise ConfigError(f"the {study.name!r} chain runs its studies as their own grids; search one study instead "
                           f"(e.g. python -m tune_cifar.run joint)")
-    plan = replace(study.plan, **dict(opts.plan))
-    epochs = opts.epochs or study.base_config().epochs
+    studies = [load_study(name) for name in study.chain] or [study]
+    extra = dict(opts.extra)
+    for sub in studies:
+        varied = [k for k in extra if k in sub.space]
+        if varied:
+            where = f"the {study.name!r} chain's {sub.name!r} step" if study.chain else f"the {sub.name!r} study"
+            raise ConfigError(f"--set {varied[0]}={extra[varied[0]]} fixes {varied[0]}, which {where} varies "
+                              f"({search.describe(sub.space[varied[0]])}); drop it, or run a study that does not "
+                              f"vary {varied[0]}")
+    if "seed" in extra and opts.seeds > 1:
+        raise ConfigError(f"--set seed={extra['seed']} with --seeds {opts.seeds}: --seeds runs every configuration "
+                          f"with seeds 0..{opts.seeds - 1}; pass one of the two")
+    return Plan(study, tuple(plan_step(sub, opts) for sub in studies), run_seeds(opts), _overrides(opts))
+
+
+def plan_step(study: Study, opts: RunOptions) -> Step:
+    """One (non-chain) study checked as plan_run checks it; run_study calls it again after a resume
+    has taken the saved experiment's options."""
+    own = study.base_config().epochs
+    epochs = opts.epochs or own
+    at_length = study.at_epochs(epochs)
+    given = dict(opts.plan)
+    plan = replace(at_length.plan, **given)
+    for name, scheduler in SCHEDULER_SETTINGS.items():
+        # (on --resume the saved plan fills every field; the experiment's own identity check compares them)
+        if name in given and plan.scheduler != scheduler and not opts.resume:
+            flag = "--" + name.replace("_", "-")
+            raise ConfigError(f"{flag} is a setting of {scheduler.upper()}, and this run's scheduler is "
+                              f"{plan.scheduler}: add --scheduler {scheduler}, or drop {flag}")
     plan = search.check(study.space, plan, epochs, opts.seeds)
     if opts.fuse is not None:
         if opts.fuse < 1:
@@ -83,7 +135,21 @@ def search_plan(study: Study, opts: RunOptions) -> SearchPlan:
             raise ConfigError(f"--fuse trains a grid's configurations together from start to end; it cannot be combined "
                               f"with --search {plan.search} --scheduler {plan.scheduler}, which pick or stop trials "
                               f"one by one (use --search grid --scheduler fifo, or drop --fuse)")
-    return plan
+    base = at_length.base_config().replace(**_overrides(opts))
+    search.validate_space(study.space, base)  # every grid point and domain edge under the run's settings
+    scaled = {k: v for k, v in scaled_settings(study, epochs).items() if k not in given and k not in dict(opts.extra)}
+    return Step(at_length, plan, epochs, base, own, scaled)  # (what the user gave is the user's, not scaled)
+
+
+def search_plan(study: Study, opts: RunOptions) -> SearchPlan:
+    """The search in force for one study (plan_step's, checked)."""
+    return plan_step(study, opts).search
+
+
+def run_seeds(opts: RunOptions) -> tuple[int, ...]:
+    """The seeds every configuration runs with: --set seed=K alone, else 0..seeds-1."""
+    extra = dict(opts.extra)
+    return (extra["seed"],) if "seed" in extra else tuple(range(opts.seeds))
 
 
 def fused_groups(study: Study, opts: RunOptions, carried: dict[str, Any],
@@ -101,8 +167,7 @@ def planned_trials(study: Study, opts: RunOptions, carried: dict[str, Any], plan
     draws of the sampled fields) once per seed, so a configuration's trials differ in their seed alone."""
     base = study.base_config(carried).replace(**_overrides(opts))
     study.configs(carried)  # validates every grid point and domain edge before anything runs
-    seeds = range(opts.seeds) if opts.seeds > 1 else [base.seed]
-    return [base.replace(**point, seed=seed) for point in search.points(study.space, plan) for seed in seeds]
+    return [base.replace(**point, seed=seed) for point in search.points(study.space, plan) for seed in run_seeds(opts)]
 
 
 def param_space(study: Study, opts: RunOptions, carried: dict[str, Any], plan: SearchPlan,
@@ -183,16 +248,44 @@ def check_experiment_folder(path: str, record: dict[str, Any], resume: bool) -> 
         if saved is None:
             raise ExperimentError(f"nothing to resume at {path}: no experiment there; drop --resume to start one")
         if _identity(saved) != _identity(record):
-            raise ExperimentError(f"{path} holds a different experiment ({_describe(saved)}); it cannot be "
-                                  f"resumed as {_describe(record)}: pass the same options or another --storage-path")
+            raise ExperimentError(f"{path} holds a different experiment ({_differences(saved, record)}), so it "
+                                  f"cannot be resumed with these options: pass the experiment's own, or another "
+                                  f"--storage-path")
         return saved
     if saved is not None:
-        what = "the same study" if _identity(saved) == _identity(record) else f"another experiment ({_describe(saved)})"
+        what = ("the same study" if _identity(saved) == _identity(record)
+                else f"another experiment ({_differences(saved, record)})")
         raise ExperimentError(f"{path} already holds {what}; pass --resume to continue it, or choose another "
                               f"--storage-path (nothing was overwritten)")
     if is_nonempty_folder(path):
         raise ExperimentError(f"{path} exists and is not an experiment of ours; choose another --storage-path")
     return None
+
+
+def open_folder(study: Study, opts: RunOptions, path: str, carried: dict[str, Any], chain: str | None,
+                given: set[str]) -> tuple[RunOptions, Step, dict[str, Any] | None]:
+    """The experiment folder's refusals, and the options (a resume takes the saved ones) and the step a
+    run there takes; the saved record when resuming. Resources are no part of an experiment's identity,
+    so this needs no Ray."""
+    if opts.resume:
+        existing = read_text(join(path, "study.json"))
+        if existing is not None:
+            opts = resume_options(_parse_record(existing, path), opts, given)
+    step = plan_step(study, opts)
+    record = study_record(step.study, opts, carried, {}, chain, step.search)
+    return opts, step, check_experiment_folder(path, record, opts.resume)
+
+
+def check_storage(plan: Plan, opts: RunOptions, given: set[str] = frozenset()) -> None:
+    """run_study's folder refusals (already there without --resume, nothing to resume, another experiment)
+    made before Ray starts, for the dry run too: a study's folder, or a chain's first step's (the later
+    steps' configurations depend on the earlier winners)."""
+    study, storage, chain = plan.study, opts.storage_path, None
+    if study.chain:
+        study, storage, chain = load_study(study.chain[0]), join(storage, study.name), study.name
+        if opts.resume and read_text(join(storage, study.name, "study.json")) is None:
+            opts = replace(opts, resume=False)  # as run() does: the chain stopped before this study began
+    open_folder(study, opts, join(storage, study.name), {}, chain, given)
 
 
 def resume_options(saved: dict[str, Any], opts: RunOptions, given: set[str]) -> RunOptions:
@@ -232,16 +325,21 @@ def _parse_record(text: str, folder: str) -> dict[str, Any]:
     return record
 
 
-def _identity(record: dict[str, Any]) -> tuple:
+def _identity(record: dict[str, Any]) -> dict[str, str]:
+    """What makes an experiment this one, setting by setting: a resume must match every one."""
     base = {k: v for k, v in record.get("base", {}).items() if k not in ("data_dir", "download", "device")}
-    return (record.get("study"), json.dumps(record.get("space"), sort_keys=True),
-            json.dumps(base, sort_keys=True, default=str), record.get("seeds"),
-            json.dumps(record.get("search") or asdict(SearchPlan()), sort_keys=True), record.get("fuse"))
+    plan = record.get("search") or asdict(SearchPlan())
+    settings = {"study": record.get("study"), "space": record.get("space"), "seeds": record.get("seeds"),
+                "fuse": record.get("fuse"), **base, **{f"search {k}": v for k, v in plan.items()}}
+    return {k: json.dumps(v, sort_keys=True, default=str) for k, v in settings.items()}
 
 
-def _describe(record: dict[str, Any]) -> str:
-    return (f"study {record.get('study')!r}, space {record.get('space')}, seeds {record.get('seeds')}, "
-            f"search {record.get('strategy') or 'grid'}")
+def _differences(saved: dict[str, Any], record: dict[str, Any]) -> str:
+    """`epochs 5 there, 3 here; seeds 1 there, 2 here`: each setting in which two experiments differ."""
+    there, here = _identity(saved), _identity(record)
+    names = [*there, *(k for k in here if k not in there)]
+    return "; ".join(f"{k} {there.get(k, 'unset')} there, {here.get(k, 'unset')} here"
+                     for k in names if there.get(k) != here.get(k))
 
 
 def results_frame(result_grid: Any, study: Study, res: dict[str, float]) -> pd.DataFrame:
@@ -275,18 +373,13 @@ def run_study(study: Study, data: CifarData, opts: RunOptions, storage: str, car
 
     carried = carried or {}
     path = join(storage, study.name)
-    if opts.resume:
-        existing = read_text(join(path, "study.json"))
-        if existing is not None:
-            opts = resume_options(_parse_record(existing, path), opts, given)
-    plan = search_plan(study, opts)
-    epochs = opts.epochs or study.base_config().epochs
+    opts, step, saved = open_folder(study, opts, path, carried, chain, given)
+    study, plan, epochs = step.study, step.search, step.epochs  # the study at the run's length
     res = resources(opts, ray.cluster_resources().get("GPU", 0))
     to_train, sources = reuse(study, opts, carried, plan, earlier or {})
     copies = [results.reused_rows(study.name, s, earlier) for s in sources]
     record = {**study_record(study, opts, carried, res, chain, plan),
               "reused": {c["trial_id"].iloc[0]: c[results.REUSED_FROM].iloc[0] for c in copies}}
-    saved = check_experiment_folder(path, record, opts.resume)
     if saved is not None:
         res = saved.get("resources") or res
         record = {**saved, "options": {k: getattr(opts, k) for k in RECORDED_OPTIONS}, "reused": record["reused"]}
@@ -402,8 +495,6 @@ def _quiet_tune(quiet: bool):
 
 def run(study: Study, data: CifarData, opts: RunOptions, given: set[str] = frozenset()) -> dict[str, pd.DataFrame]:
     """Run a study, or a chain of studies each carrying the earlier winners; print each table."""
-    from tune_cifar.studies import load_study
-
     if not study.chain:
         df = run_study(study, data, opts, opts.storage_path, given=given)
         _print_table(df, study)

@@ -10,6 +10,7 @@ import argparse
 import os
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 if __name__ == "__main__" and not __package__:
@@ -22,8 +23,8 @@ if __name__ == "__main__" and not __package__:
 
 from tune_cifar import catalog  # noqa: E402
 from tune_cifar.config import ConfigError, TrainConfig  # noqa: E402
-from tune_cifar.data import DataError, load_cifar100, read_cifar100, write_synthetic  # noqa: E402
-from tune_cifar.experiment import ExperimentError, Interrupted, RunOptions, run, search_plan  # noqa: E402
+from tune_cifar.data import DataError, has_dataset, load_cifar100, read_cifar100, write_synthetic  # noqa: E402
+from tune_cifar.experiment import ExperimentError, Interrupted, RunOptions, check_storage, plan_run, run  # noqa: E402
 from tune_cifar.schema import DEVICES  # noqa: E402
 from tune_cifar.search import SCHEDULERS, SEARCHES  # noqa: E402
 from tune_cifar.storage import is_uri  # noqa: E402
@@ -105,17 +106,30 @@ def validate(args: argparse.Namespace) -> None:
             raise ConfigError(message)
     if not is_uri(args.storage_path):
         _check_writable(Path(args.storage_path))
+    if not args.smoke and not args.download and not has_dataset(args.data_dir):
+        load_cifar100(args.data_dir, download=False)  # its one-line DataError, for the dry run too
     overrides(args)  # names the field of a bad --set value
+
+
+# TrainConfig fields that have an option of their own, which is their one source: the schedulers, the
+# progress totals and the experiment's record read the option, so a --set beside it would disagree.
+OWN_OPTIONS = {"epochs": "--epochs N", "device": "--device", "data_dir": "--data-dir", "download": "--no-download"}
 
 
 def overrides(args: argparse.Namespace) -> dict[str, object]:
     """--set FIELD=VALUE pairs, typed and validated by TrainConfig."""
-    pairs = {}
+    pairs: dict[str, str] = {}
     for item in args.overrides:
         field, sep, value = item.partition("=")
-        if not sep or not field.strip():
+        field = field.strip().replace("-", "_")
+        if not sep or not field:
             raise ConfigError(f"--set takes FIELD=VALUE, not {item!r}")
-        pairs[field.strip().replace("-", "_")] = value.strip()
+        if field in OWN_OPTIONS:
+            raise ConfigError(f"--set {item.strip()}: {field} has an option of its own, its one source; use "
+                              f"{OWN_OPTIONS[field]} instead")
+        if field in pairs and pairs[field] != value.strip():
+            raise ConfigError(f"--set {field} given twice ({pairs[field]} and {value.strip()}); pass it once")
+        pairs[field] = value.strip()
     typed = TrainConfig.from_dict(pairs)
     return {k: getattr(typed, k) for k in pairs}
 
@@ -150,12 +164,6 @@ def options(args: argparse.Namespace, data_dir: str) -> tuple[RunOptions, set[st
     return opts, given
 
 
-def dry_run(study, opts: RunOptions) -> str:
-    overrides = dict(opts.extra) | ({"epochs": opts.epochs} if opts.epochs else {})
-    plan = None if study.chain else search_plan(study, opts)
-    return catalog.dry_run(study, opts.seeds, overrides, plan)
-
-
 def write_smoke(folder: str) -> None:
     write_synthetic(folder, SMOKE["train"], SMOKE["test"], seed=0, classes=SMOKE["classes"], noise=SMOKE["noise"],
                     label_noise=SMOKE["label_noise"])
@@ -171,10 +179,12 @@ def main(argv: list[str] | None = None) -> int:
             raise StudyError("name a study to run; `python -m tune_cifar.run --list` lists them")
         study = load_study(args.study)
         validate(args)
+        opts, given = options(args, args.data_dir)
+        plan = plan_run(study, opts)  # the dry run and the run: one set of refusals, all before Ray starts
+        check_storage(plan, opts, given)
         if args.dry_run:
-            print(dry_run(study, options(args, args.data_dir)[0]), end="")
+            print(catalog.dry_run(plan), end="")
             return 0
-        search_plan(study, options(args, args.data_dir)[0])  # an impossible search is refused before Ray starts
         if args.smoke:
             # Generated, read into memory, then deleted: trials get the arrays through Ray's object store.
             with tempfile.TemporaryDirectory(prefix="tune-cifar-smoke-") as smoke_dir:
@@ -183,8 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             data, data_dir = load_cifar100(args.data_dir, args.download), str(Path(args.data_dir).absolute())
         _start_ray(args.address)
-        opts, given = options(args, data_dir)
-        frames = run(study, data, opts, given)
+        frames = run(study, data, replace(opts, data_dir=data_dir), given)
     except (ConfigError, DataError, StudyError, ExperimentError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

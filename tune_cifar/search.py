@@ -193,6 +193,9 @@ def check(space: Mapping[str, Any], plan: SearchPlan, epochs: int, seeds: int) -
             raise ConfigError(f"--seeds {seeds} with --search {plan.search} repeats each sampled configuration and "
                               f"reports the mean, which a {plan.scheduler.upper()} scheduler cannot judge per trial; "
                               f"use --scheduler fifo, or --seeds 1")
+    if plan.scheduler != "fifo" and epochs < 2:  # (so the settings' own errors below are only ever the user's)
+        raise ConfigError(f"the {plan.scheduler.upper()} scheduler acts between epochs, so it needs at least 2 and this "
+                          f"run has {epochs}: give more --epochs, or --scheduler fifo")
     if seeds > 1 and plan.scheduler == "asha":
         raise ConfigError(f"--seeds {seeds} with --scheduler asha stops each seed's trial on its own, so a "
                           f"configuration's mean would cover only the seeds ASHA let live; use --scheduler fifo, "

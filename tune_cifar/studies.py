@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import importlib
 import itertools
+import math
 import pkgutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import search_spaces
@@ -67,6 +68,15 @@ class Study:
         carried = {k: v for k, v in (carried or {}).items() if k not in self.space}
         return TrainConfig.from_dict({**self.base, **carried})
 
+    def at_epochs(self, epochs: int) -> "Study":
+        """The study as it means itself at another length: its settings counted in epochs scaled."""
+        scaled = scaled_settings(self, epochs)
+        if not scaled:
+            return self
+        new = {name: value for name, (_, value) in scaled.items()}
+        plan = replace(self.plan, **{k: new.pop(k) for k in ("grace_period", "perturbation_interval") if k in new})
+        return replace(self, base={**self.base, **new, "epochs": epochs}, plan=plan)
+
     def num_trials(self, seeds: int = 1, plan: SearchPlan | None = None) -> int:
         if self.chain:
             return sum(load_study(name).num_trials(seeds) for name in self.chain)
@@ -78,6 +88,39 @@ class Study:
         if self.chain:
             return sum(load_study(name).trial_epochs(seeds, epochs) for name in self.chain)
         return self.num_trials(seeds, plan) * (epochs or self.base_config().epochs)
+
+
+def scaled_settings(study: Study, epochs: int) -> dict[str, tuple[Any, Any]]:
+    """The study's own settings counted in epochs (its BASE's warm-up and step milestones, its module's
+    GRACE_PERIOD and PERTURBATION_INTERVAL), each as (the study's value, the value at `epochs`).
+
+    A study's 15-epoch grace period is meant for its 300 epochs: at 5 it is 1 (proportional, halves
+    up, at least 1, and below the run's epochs where a scheduler needs an epoch after it). Settings the
+    command line gives are the user's and are not scaled; percentages of `epochs` scale by themselves.
+    """
+    own = study.base_config().epochs
+    if study.chain or epochs == own:
+        return {}
+
+    def scaled(n: int, below: bool) -> int:
+        value = max(1, math.floor(n * epochs / own + 0.5))
+        return max(1, min(value, epochs - 1)) if below else value
+
+    out: dict[str, tuple[Any, Any]] = {}
+    for name in ("grace_period", "perturbation_interval"):
+        value = getattr(study.plan, name)
+        if value is not None:
+            out[name] = (value, scaled(value, below=True))
+    warmup = study.base.get("warmup_epochs")
+    if warmup:  # warm-up, then the schedule proper: at least one epoch after it
+        out["warmup_epochs"] = (warmup, min(scaled(warmup, below=False), epochs - 1))
+    milestones = study.base.get("step_milestones")
+    if milestones:
+        entries = [t.strip() for t in str(milestones).split(",")]
+        new = ",".join(t if t.endswith("%") else str(scaled(int(t), below=True)) for t in entries)
+        if new != milestones:
+            out["step_milestones"] = (milestones, new)
+    return {k: v for k, v in out.items() if v[0] != v[1]}
 
 
 def available_studies() -> list[str]:
