@@ -246,6 +246,7 @@ def test_a_report_on_generated_data_says_so_everywhere_and_compares_with_nothing
         assert not any("(report)" in h for h in blocks[i].header)
     assert "10,000 test images" not in md and "200 training, 50 validation and 200 test images of 40 classes" in md
     assert "The report's winner was" not in md and "Table 1." not in md
+    assert "0.6983" not in md  # the ranked section names no published figure either
     assert all(md_file.startswith("**lr summary.**") and "**Generated data:**" in md_file
                for rel, md_file in report.files.items() if rel.startswith("tables/lr_") and rel.endswith(".md"))
     page = write_report(tmp_path, tmp_path / "out", log=lambda msg: None)["html"].read_text()
