@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,13 +16,14 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from analysis import budget, figures
-from analysis.loading import (IDENTITY_FIELDS, AnalysisError, format_value, load, read_chains, study_metadata)
+from analysis.loading import (IDENTITY_FIELDS, AnalysisError, format_value, load, read_chains, readable,
+                              study_metadata)
 from analysis.published import tables_for
 from analysis.render import Block, Bullets, Grid, Heading, Image, Para, to_html, to_markdown
 from analysis.stats import compare_winner, ranked, summary, trials, welch
 from analysis.tables import OURS_NOTE, Table, markdown_table, study_tables, table_markdown
 from tune_cifar.schema import USED_ONLY_WHEN
-from tune_cifar.storage import write_atomic
+from tune_cifar.storage import is_uri, join, list_files, read_bytes, write_atomic
 
 TITLE = "Reproduction report: MobileNet on CIFAR-100, four hyperparameter studies and beyond"
 # The report's winning configuration (its mixup study): what every later study is compared with.
@@ -46,11 +48,11 @@ class Report:
 
 
 def build(results: str | Path, log=print) -> Report:
-    """Read `results` and build the whole report in memory."""
-    results = Path(results)
-    df = load(results)
-    meta = study_metadata(results)
-    chains = read_chains(results)
+    """Read `results` (a folder or a URI) and build the whole report in memory."""
+    with readable(results) as folder:
+        df = load(folder)
+        meta = study_metadata(folder)
+        chains = read_chains(folder)
     t = trials(df)
     s = summary(df)
     report = Report()
@@ -82,9 +84,20 @@ def write(report: Report, out: str | Path) -> dict[str, Path]:
     return {"markdown": md, "html": page, "tables": out / "tables", "figures": out / "figures"}
 
 
-def write_report(results: str | Path, out: str | Path | None = None, log=print) -> dict[str, Path]:
-    """Load `results`, write tables/, figures/, report.md and report.html under `out`; return their paths."""
-    return write(build(results, log), Path(out) if out else Path(results) / "report")
+def write_report(results: str | Path, out: str | Path | None = None, log=print) -> dict[str, Path | str]:
+    """Load `results`, write tables/, figures/, report.md and report.html under `out`; return their paths.
+
+    `out` may be a URI (the default for URI results: RESULTS/report): the report is written to a temporary
+    folder, then each file is uploaded."""
+    out = out or (join(results, "report") if is_uri(results) else Path(results) / "report")
+    report = build(results, log)
+    if not is_uri(out):
+        return write(report, Path(out))
+    with tempfile.TemporaryDirectory(prefix="tune-cifar-report-") as tmp:
+        paths = write(report, tmp)
+        for rel in list_files(tmp):
+            write_atomic(join(out, rel), read_bytes(Path(tmp, rel)))
+    return {name: join(out, Path(p).relative_to(tmp).as_posix()) for name, p in paths.items()}
 
 
 def _intro(results: Path, df: pd.DataFrame) -> str:

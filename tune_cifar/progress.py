@@ -22,7 +22,7 @@ from typing import Any, Sequence, TextIO
 from ray import tune
 
 from tune_cifar.results import RECORD_FILE, parse_records, records_of
-from tune_cifar.storage import join, read_text, write_atomic
+from tune_cifar.storage import join, read_text, trial_path, write_atomic
 
 
 def clock(seconds: float) -> str:
@@ -93,7 +93,8 @@ def _short(value: Any) -> str:
 
 
 class EpochRecorder(tune.Callback):
-    def __init__(self) -> None:
+    def __init__(self, experiment: str) -> None:
+        self.experiment = experiment  # the experiment's path or URI, as the user gave it (trial.path has no scheme)
         self.records: dict[str, dict[int, dict]] = {}  # trial id -> epoch -> record (the latest report wins)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
@@ -101,9 +102,9 @@ class EpochRecorder(tune.Callback):
             return
         records = self.records.get(trial.trial_id)
         if records is None:  # first result since this driver started: continue what an earlier one wrote
-            saved = parse_records(read_text(join(trial.path, RECORD_FILE)) or "[]")
+            saved = parse_records(read_text(join(trial_path(self.experiment, trial.path), RECORD_FILE)) or "[]")
             records = self.records[trial.trial_id] = {(r.get("member"), int(r["epoch"])): r for r in saved}
         for record in records_of(result):
             records[(record.get("member"), int(record["epoch"]))] = record
         ordered = [records[key] for key in sorted(records, key=lambda k: (k[0] is not None, k[0] or 0, k[1]))]
-        write_atomic(join(trial.path, RECORD_FILE), json.dumps(ordered))
+        write_atomic(join(trial_path(self.experiment, trial.path), RECORD_FILE), json.dumps(ordered))

@@ -26,7 +26,7 @@ from tune_cifar.data import DataError, load_cifar100, read_cifar100, write_synth
 from tune_cifar.experiment import ExperimentError, Interrupted, RunOptions, run, search_plan  # noqa: E402
 from tune_cifar.schema import DEVICES  # noqa: E402
 from tune_cifar.search import SCHEDULERS, SEARCHES  # noqa: E402
-from tune_cifar.storage import is_uri  # noqa: E402
+from tune_cifar.storage import StorageError, check_writable  # noqa: E402
 from tune_cifar.studies import StudyError, load_study  # noqa: E402
 
 # --smoke: the real MobileNet on generated images, sized so that the report's four studies decide
@@ -103,8 +103,6 @@ def validate(args: argparse.Namespace) -> None:
     for bad, message in problems:
         if bad:
             raise ConfigError(message)
-    if not is_uri(args.storage_path):
-        _check_writable(Path(args.storage_path))
     overrides(args)  # names the field of a bad --set value
 
 
@@ -118,15 +116,6 @@ def overrides(args: argparse.Namespace) -> dict[str, object]:
         pairs[field.strip().replace("-", "_")] = value.strip()
     typed = TrainConfig.from_dict(pairs)
     return {k: getattr(typed, k) for k in pairs}
-
-
-def _check_writable(path: Path) -> None:
-    existing = path
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"storage path {path} is not writable ({existing} is not a writable folder); "
-                          f"pass --storage-path with a folder you can write")
 
 
 # Run options a command line may leave out; left out, they take RunOptions' defaults, or on --resume
@@ -175,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
             print(dry_run(study, options(args, args.data_dir)[0]), end="")
             return 0
         search_plan(study, options(args, args.data_dir)[0])  # an impossible search is refused before Ray starts
+        check_writable(args.storage_path)  # a probe file written and deleted: an object store's errors show here
         if args.smoke:
             # Generated, read into memory, then deleted: trials get the arrays through Ray's object store.
             with tempfile.TemporaryDirectory(prefix="tune-cifar-smoke-") as smoke_dir:
@@ -185,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         _start_ray(args.address)
         opts, given = options(args, data_dir)
         frames = run(study, data, opts, given)
-    except (ConfigError, DataError, StudyError, ExperimentError) as e:
+    except (ConfigError, DataError, StudyError, ExperimentError, StorageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except (Interrupted, KeyboardInterrupt) as e:
