@@ -139,7 +139,18 @@ def _advice(error: str) -> str:
     if "NETWORK_CONNECTION" in error or "Could not connect" in error or "resolve host" in error:
         where = f"the endpoint {endpoint} (AWS_ENDPOINT_URL)" if endpoint else "the storage service"
         return f"cannot reach {where}; check the address and that the server is up ({first})"
-    if "ACCESS_DENIED" in error or "credentials" in error.lower() or "403" in error:
-        return (f"access denied; set credentials that may write there (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
-                f"or AWS_PROFILE) ({first})")
+    if not _credentials_given():  # unsigned requests then: the store refuses them (as it should)
+        return (f"no credentials found; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or give "
+                f"the node an instance role ({first})")
+    if "ACCESS_DENIED" in error or "403" in error:
+        return f"access denied; check that the credentials given may write there ({first})"
     return f"{first}; check --storage-path and the storage's credentials and endpoint"
+
+
+def _credentials_given() -> bool:
+    """Whether any credential source other than an instance role is set (AWS's own chain, minus the network)."""
+    names = ("AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+             "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "GOOGLE_APPLICATION_CREDENTIALS")
+    files = (os.environ.get("AWS_SHARED_CREDENTIALS_FILE", "~/.aws/credentials"),
+             os.environ.get("AWS_CONFIG_FILE", "~/.aws/config"))
+    return any(os.environ.get(n) for n in names) or any(Path(f).expanduser().is_file() for f in files)
