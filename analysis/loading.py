@@ -54,7 +54,8 @@ def readable(path: str | Path):
     if not is_uri(path):
         yield Path(path)
         return
-    with tempfile.TemporaryDirectory(prefix="tune-cifar-read-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="tune-cifar-read-") as parent:
+        tmp = str(Path(parent, str(path).rstrip("/").rsplit("/", 1)[-1]))  # the same name: labels come from it
         try:
             files = list_files(path)
         except OSError as err:
