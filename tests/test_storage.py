@@ -82,6 +82,8 @@ def test_the_writable_check_writes_a_probe_and_leaves_nothing(tmp_path):
         check_writable("/proc/x")  # (root passes os.access there; a real write fails)
     with pytest.raises(StorageError, match="keep/sub is not writable"):
         check_writable(tmp_path / "keep" / "sub")
+    with pytest.raises(StorageError, match="options in the URI are not supported; give the endpoint as AWS_"):
+        check_writable("s3://bucket/runs?endpoint_override=127.0.0.1:9000")
 
 
 def test_analysis_reads_a_uri_as_it_reads_the_folder(tmp_path):

@@ -117,6 +117,9 @@ def check_writable(path: str | os.PathLike) -> None:
             raise StorageError(f"storage path {path} is not writable ({e}); pass --storage-path with a folder "
                                f"you can write") from None
         return
+    if "?" in str(path):  # join() appends to the URI's end, which would go into its query string
+        raise StorageError(f"storage path {path}: options in the URI are not supported; give the endpoint as "
+                           f"AWS_ENDPOINT_URL=http://host:port instead")
     try:
         pafs, fs, inner = _filesystem(str(path))
         if isinstance(fs, pafs.LocalFileSystem):
