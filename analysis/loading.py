@@ -7,8 +7,10 @@ holds several experiment folders, possibly nested (`<root>/all/<study>/`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import tempfile
 from functools import cache
 from pathlib import Path
 from typing import Any, Iterable
@@ -18,7 +20,7 @@ import pandas as pd
 
 from tune_cifar import ranking, schema
 from tune_cifar.results import CONFIG_FIELDS, fused_members, member_trials, read_trial_records, trial_status
-from tune_cifar.storage import read_text
+from tune_cifar.storage import is_uri, join, list_files, read_bytes, read_text, write_atomic
 from tune_cifar.schema import CONFIGURATION_FIELDS as IDENTITY_FIELDS, COUNTS, EVENTS, METRICS
 
 KEY_COLUMNS = ("experiment", "study", "configuration", "trial_id", "seed", "status")
@@ -32,13 +34,42 @@ class AnalysisError(Exception):
 
 
 def load(path: str | Path) -> pd.DataFrame:
-    """Tidy frame of every trial and epoch under `path` (one experiment folder or a results root)."""
+    """Tidy frame of every trial and epoch under `path` (one experiment folder or a results root, or its URI)."""
+    if is_uri(path):
+        with readable(path) as folder:
+            return load(folder)
     root = Path(path)
     frames = [load_experiment(folder, label) for label, folder in experiment_labels(root).items()]
     frames = [f for f in frames if not f.empty and f["epoch"].notna().any()]
     if not frames:
         raise AnalysisError(f"{root}: experiment folder(s) found but no trial has reported an epoch yet")
     return pd.concat(frames, ignore_index=True)
+
+
+@contextlib.contextmanager
+def readable(path: str | Path):
+    """A local folder holding what analysis reads of `path`: the folder itself, or for a URI (s3://, gs://)
+    its files without the checkpoints, copied into a temporary folder for as long as the block runs.
+    AnalysisErrors raised in the block name the URI, not the copy."""
+    if not is_uri(path):
+        yield Path(path)
+        return
+    with tempfile.TemporaryDirectory(prefix="tune-cifar-read-") as parent:
+        tmp = str(Path(parent, str(path).rstrip("/").rsplit("/", 1)[-1]))  # the same name: labels come from it
+        try:
+            files = list_files(path)
+        except OSError as err:
+            raise AnalysisError(f"{path}: cannot be read ({str(err).splitlines()[0]}); check the URI, "
+                                f"AWS_ENDPOINT_URL and the credentials") from None
+        for rel in files:
+            if not any(part.startswith("checkpoint_") for part in rel.split("/")):  # (model states: large, unread)
+                write_atomic(Path(tmp, rel), read_bytes(join(path, rel)))
+        if not files:
+            raise AnalysisError(f"{path}: no such file or folder")
+        try:
+            yield Path(tmp)
+        except AnalysisError as err:
+            raise AnalysisError(str(err).replace(tmp, str(path).rstrip("/"))) from None
 
 
 def find_experiments(root: Path) -> list[Path]:
@@ -128,7 +159,12 @@ def load_experiment(folder: Path, label: str) -> pd.DataFrame:
     meta = read_study(folder)
     parquet = folder / "results.parquet"
     if parquet.is_file():  # written when the study ended: the whole study in one file
-        df = pd.read_parquet(parquet)
+        try:
+            df = pd.read_parquet(parquet)
+        except (OSError, ValueError) as err:  # (pyarrow's ArrowInvalid is a ValueError)
+            raise AnalysisError(f"{parquet}: unreadable results.parquet ({str(err).splitlines()[0]}); copy it "
+                                f"again from where the study ran, or move it aside to read the trial folders "
+                                f"instead") from None
     else:  # interrupted before the parquet: read what Tune wrote per trial
         df = _read_trial_folders(folder, meta)
     if df.empty:

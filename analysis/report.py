@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,7 +17,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from analysis import budget, figures
-from analysis.loading import (IDENTITY_FIELDS, AnalysisError, format_value, load, read_chains, study_metadata)
+from analysis.loading import (IDENTITY_FIELDS, AnalysisError, format_value, load, read_chains, readable,
+                              study_metadata)
 from analysis.published import tables_for
 from analysis.render import Block, Bullets, Grid, Heading, Image, Para, to_html, to_markdown
 from analysis.stats import compare_winner, ranked, summary, trials, welch
@@ -24,7 +26,7 @@ from analysis.tables import OURS_NOTE, Table, markdown_table, study_tables, tabl
 from search_spaces._report_best import BEST
 from tune_cifar.config import TrainConfig
 from tune_cifar.schema import CONFIGURATION_FIELDS, USED_ONLY_WHEN
-from tune_cifar.storage import write_atomic
+from tune_cifar.storage import is_uri, join, list_files, read_bytes, write_atomic
 
 MODEL_NAMES = {"mobilenet": "MobileNet", "mobilenetv2": "MobileNetV2", "resnet18": "ResNet-18"}
 # The report's winning configuration (its mixup study), on every configuration field: what every later
@@ -53,11 +55,11 @@ class Report:
 
 
 def build(results: str | Path, log=print) -> Report:
-    """Read `results` and build the whole report in memory."""
-    results = Path(results)
-    df = load(results)
-    meta = study_metadata(results)
-    chains = read_chains(results)
+    """Read `results` (a folder or a URI) and build the whole report in memory."""
+    with readable(results) as folder:
+        df = load(folder)
+        meta = study_metadata(folder)
+        chains = read_chains(folder)
     t = trials(df)
     s = summary(df)
     experiments = list(dict.fromkeys(df["experiment"]))
@@ -151,9 +153,20 @@ def write(report: Report, out: str | Path) -> dict[str, Path]:
     return {"markdown": md, "html": page, "tables": out / "tables", "figures": out / "figures"}
 
 
-def write_report(results: str | Path, out: str | Path | None = None, log=print) -> dict[str, Path]:
-    """Load `results`, write tables/, figures/, report.md and report.html under `out`; return their paths."""
-    return write(build(results, log), Path(out) if out else Path(results) / "report")
+def write_report(results: str | Path, out: str | Path | None = None, log=print) -> dict[str, Path | str]:
+    """Load `results`, write tables/, figures/, report.md and report.html under `out`; return their paths.
+
+    `out` may be a URI (the default for URI results: RESULTS/report): the report is written to a temporary
+    folder, then each file is uploaded."""
+    out = out or (join(results, "report") if is_uri(results) else Path(results) / "report")
+    report = build(results, log)
+    if not is_uri(out):
+        return write(report, Path(out))
+    with tempfile.TemporaryDirectory(prefix="tune-cifar-report-") as tmp:
+        paths = write(report, tmp)
+        for rel in list_files(tmp):
+            write_atomic(join(out, rel), read_bytes(Path(tmp, rel)))
+    return {name: join(out, Path(p).relative_to(tmp).as_posix()) for name, p in paths.items()}
 
 
 def _intro(results: Path, df: pd.DataFrame) -> str:

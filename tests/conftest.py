@@ -128,3 +128,84 @@ def kill_when(driver: subprocess.Popen, ready, what: str, timeout_s: float = 300
         if driver.poll() is None:
             driver.kill()
     return value
+
+
+@contextlib.contextmanager
+def moto_server(log_dir: Path, **env: str):
+    """An S3-compatible server on loopback (moto's standalone server, a dev dependency): its endpoint URL.
+    `env` goes to the server (INITIAL_NO_AUTH_ACTION_COUNT="0": requests must be signed)."""
+    boto3 = pytest.importorskip("boto3", reason="boto3 is a dev dependency (pip install -e '.[dev]')")
+    exe = Path(sys.executable).with_name("moto_server")
+    exe = str(exe) if exe.exists() else shutil.which("moto_server")
+    if exe is None:
+        pytest.skip("moto_server is not installed (pip install 'moto[server]', part of the dev extra)")
+    port = free_port()
+    with open(log_dir / f"moto-{port}.log", "w") as log:
+        server = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT,
+                                  env={**os.environ, **env})
+        try:
+            endpoint = f"http://127.0.0.1:{port}"
+            deadline = time.time() + 30
+            while True:
+                try:  # any answer, even "access denied", means it listens
+                    boto3.client("s3", endpoint_url=endpoint, **S3_KEYS).list_buckets()
+                    break
+                except Exception as e:
+                    if "AccessDenied" in str(e) or "InvalidAccessKeyId" in str(e):
+                        break
+                    if server.poll() is not None or time.time() > deadline:
+                        pytest.skip(f"moto_server did not start on {endpoint}: {e}")
+                    time.sleep(0.2)
+            yield endpoint
+        finally:
+            server.kill()
+            server.wait()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    with moto_server(tmp_path_factory.mktemp("moto")) as endpoint:
+        yield endpoint
+
+
+# Dummy credentials: moto accepts any; they only have to be there.
+S3_KEYS = dict(aws_access_key_id="testing", aws_secret_access_key="testing", region_name="us-east-1")
+S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+          "AWS_EC2_METADATA_DISABLED": "true"}
+
+
+class Bucket:
+    """A fresh bucket on the test server; `env` is what a process needs to reach it (AWS_ENDPOINT_URL and keys)."""
+
+    def __init__(self, endpoint: str, name: str):
+        import boto3
+
+        self.endpoint, self.name, self.uri = endpoint, name, f"s3://{name}"
+        self.env = {**S3_ENV, "AWS_ENDPOINT_URL": endpoint}
+        self.client = boto3.client("s3", endpoint_url=endpoint, **S3_KEYS)
+        self.client.create_bucket(Bucket=name)
+
+    def keys(self, prefix: str = "") -> list[str]:
+        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.name, Prefix=prefix)
+        return sorted(o["Key"] for page in pages for o in page.get("Contents", []))
+
+    def read(self, key: str) -> bytes:
+        return self.client.get_object(Bucket=self.name, Key=key)["Body"].read()
+
+    def download(self, prefix: str, dest: Path, only: str = "") -> None:
+        """Every object under `prefix` (whose name contains `only`) into `dest`, as files."""
+        for key in self.keys(prefix):
+            if not key.endswith("/") and only in key.rsplit("/", 1)[-1]:  # (keys ending in / are folder markers)
+                target = dest / key[len(prefix):].lstrip("/")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(self.read(key))
+
+
+@pytest.fixture
+def s3_bucket(s3_server, monkeypatch, request):
+    """A bucket of this test's own, and this process's environment pointed at the server."""
+    name = "t-" + "".join(c if c.isalnum() else "-" for c in request.node.name.lower())[:40].strip("-")
+    bucket = Bucket(s3_server, f"{name}-{os.getpid()}")
+    for key, value in bucket.env.items():
+        monkeypatch.setenv(key, value)
+    return bucket

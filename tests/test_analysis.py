@@ -309,7 +309,7 @@ def test_pbt_members_count_the_epochs_they_trained_and_miss_none_they_skipped(tm
     folder.mkdir()
     (folder / "study.json").write_text(json.dumps({"study": "pbt", "metric": "val_acc", "mode": "max", "space": {},
                                                    "base": BASE, "resources": {"cpu": 1.0, "gpu": 1.0}}))
-    recorder, grid = EpochRecorder(), []
+    recorder, grid = EpochRecorder(str(folder)), []
     for name, lines in results.items():
         trial = folder / f"train_{name}_2024-01-01_00-00-00"
         trial.mkdir()

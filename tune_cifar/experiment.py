@@ -25,7 +25,7 @@ import pandas as pd
 from tune_cifar import results, search
 from tune_cifar.config import ConfigError, TrainConfig
 from tune_cifar.data import CifarData
-from tune_cifar.storage import is_nonempty_folder, is_uri, join, read_text, write_atomic
+from tune_cifar.storage import is_nonempty_folder, is_uri, join, read_text, trial_path, write_atomic
 from tune_cifar.search import SearchPlan
 from tune_cifar.studies import Study, load_study, scaled_settings
 
@@ -342,7 +342,7 @@ def _differences(saved: dict[str, Any], record: dict[str, Any]) -> str:
                      for k in names if there.get(k) != here.get(k))
 
 
-def results_frame(result_grid: Any, study: Study, res: dict[str, float]) -> pd.DataFrame:
+def results_frame(result_grid: Any, study: Study, res: dict[str, float], path: str | None = None) -> pd.DataFrame:
     """Every trial Tune knows, one row per epoch; a trial with no readable epoch keeps one empty row.
 
     Each trial's epochs come from our own record (epochs.json, see progress.EpochRecorder) and from
@@ -354,7 +354,8 @@ def results_frame(result_grid: Any, study: Study, res: dict[str, float]) -> pd.D
         tune_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
         # a fused group's trial is one row set per member, as if each had been a trial of its own
         for trial_id, member, config in results.member_trials(tune_id, dict(result.config)):
-            records = results.read_trial_records(result.path, read_text, member)
+            folder = trial_path(path, result.path) if path else result.path  # (path: the experiment's, as given)
+            records = results.read_trial_records(folder, read_text, member)
             frames.append(results.trial_frame(study.name, trial_id, config, records,
                                               errored=result.error is not None, ended=True, resources=res))
     return results.combine(frames)
@@ -414,7 +415,7 @@ def run_study(study: Study, data: CifarData, opts: RunOptions, storage: str, car
         # the parts a resumed run may change, and Tune reads them from this object when fit() starts.
         run_config = tuner._local_tuner.get_run_config()
         run_config.failure_config = tune.FailureConfig(max_failures=opts.max_failures)
-        run_config.callbacks = [EpochRecorder()] + ([] if opts.verbose else [progress])
+        run_config.callbacks = [EpochRecorder(path)] + ([] if opts.verbose else [progress])
         run_config.verbose = None if opts.verbose else 0
     else:
         points = searcher_points(study, opts, carried, plan, to_train)
@@ -439,7 +440,7 @@ def run_study(study: Study, data: CifarData, opts: RunOptions, storage: str, car
                 # need not upload their working folders (a forced upload at every checkpoint and trial end).
                 sync_config=tune.SyncConfig(sync_artifacts=False),
                 failure_config=tune.FailureConfig(max_failures=opts.max_failures),
-                callbacks=[EpochRecorder()] + ([] if opts.verbose else [progress]),
+                callbacks=[EpochRecorder(path)] + ([] if opts.verbose else [progress]),
                 verbose=None if opts.verbose else 0,
             ),
         )
@@ -453,7 +454,7 @@ def run_study(study: Study, data: CifarData, opts: RunOptions, storage: str, car
     ended = grid.num_terminated + grid.num_errors
     if ended < n_trials:  # Tune returns normally on Ctrl-C/SIGTERM, with trials left unstarted or paused
         raise Interrupted(f"{ended} of {n_trials} trials of {study.name!r} ended; the rest are saved in {path}")
-    df = _write_results(path, results.combine([results_frame(grid, study, res), *copies]))
+    df = _write_results(path, results.combine([results_frame(grid, study, res, path), *copies]))
     df.attrs["failed_trials"] = grid.num_errors
     empty = results.trials_without_results(df)
     if empty:

@@ -23,7 +23,7 @@ from ray import tune
 
 from tune_cifar import ranking
 from tune_cifar.results import RECORD_FILE, lineage, parse_records, records_of
-from tune_cifar.storage import join, read_text, write_atomic
+from tune_cifar.storage import join, read_text, trial_path, write_atomic
 
 
 def clock(seconds: float) -> str:
@@ -98,7 +98,8 @@ class EpochRecorder(tune.Callback):
     """Keeps what each trial trained in the order it trained it (results.lineage): an epoch a PBT member
     trains again after cloning a donor behind it is a second record, not a replacement."""
 
-    def __init__(self) -> None:
+    def __init__(self, experiment: str) -> None:
+        self.experiment = experiment  # the experiment's path or URI, as the user gave it (trial.path has no scheme)
         self.records: dict[str, list[dict]] = {}  # trial id -> its records, in training order
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
@@ -106,6 +107,6 @@ class EpochRecorder(tune.Callback):
             return
         records = self.records.get(trial.trial_id)
         if records is None:  # first result since this driver started: continue what an earlier one wrote
-            records = parse_records(read_text(join(trial.path, RECORD_FILE)) or "[]")
+            records = parse_records(read_text(join(trial_path(self.experiment, trial.path), RECORD_FILE)) or "[]")
         records = self.records[trial.trial_id] = lineage([*records, *records_of(result)])
-        write_atomic(join(trial.path, RECORD_FILE), json.dumps(records))
+        write_atomic(join(trial_path(self.experiment, trial.path), RECORD_FILE), json.dumps(records))

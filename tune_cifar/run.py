@@ -27,7 +27,7 @@ from tune_cifar.data import DataError, has_dataset, load_cifar100, read_cifar100
 from tune_cifar.experiment import ExperimentError, Interrupted, RunOptions, check_storage, plan_run, run  # noqa: E402
 from tune_cifar.schema import DEVICES  # noqa: E402
 from tune_cifar.search import SCHEDULERS, SEARCHES  # noqa: E402
-from tune_cifar.storage import is_uri  # noqa: E402
+from tune_cifar.storage import StorageError, check_writable  # noqa: E402
 from tune_cifar.studies import StudyError, load_study  # noqa: E402
 
 # --smoke: the real MobileNet on generated images, sized so that the report's four studies decide
@@ -104,8 +104,6 @@ def validate(args: argparse.Namespace) -> None:
     for bad, message in problems:
         if bad:
             raise ConfigError(message)
-    if not is_uri(args.storage_path):
-        _check_writable(Path(args.storage_path))
     if not args.smoke and not args.download and not has_dataset(args.data_dir):
         load_cifar100(args.data_dir, download=False)  # its one-line DataError, for the dry run too
     overrides(args)  # names the field of a bad --set value
@@ -132,15 +130,6 @@ def overrides(args: argparse.Namespace) -> dict[str, object]:
         pairs[field] = value.strip()
     typed = TrainConfig.from_dict(pairs)
     return {k: getattr(typed, k) for k in pairs}
-
-
-def _check_writable(path: Path) -> None:
-    existing = path
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"storage path {path} is not writable ({existing} is not a writable folder); "
-                          f"pass --storage-path with a folder you can write")
 
 
 # Run options a command line may leave out; left out, they take RunOptions' defaults, or on --resume
@@ -182,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         opts, given = options(args, args.data_dir)
         plan = plan_run(study, opts)  # the dry run and the run: one set of refusals, all before Ray starts
         check_storage(plan, opts, given)
+        check_writable(args.storage_path)  # a probe file written and deleted: an object store's errors show here
         if args.dry_run:
             print(catalog.dry_run(plan), end="")
             return 0
@@ -194,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
             data, data_dir = load_cifar100(args.data_dir, args.download), str(Path(args.data_dir).absolute())
         _start_ray(args.address)
         frames = run(study, data, replace(opts, data_dir=data_dir), given)
-    except (ConfigError, DataError, StudyError, ExperimentError) as e:
+    except (ConfigError, DataError, StudyError, ExperimentError, StorageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except (Interrupted, KeyboardInterrupt) as e:

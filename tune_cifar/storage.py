@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 
 def is_uri(path: str | os.PathLike) -> bool:
@@ -21,6 +21,17 @@ def join(root: str | os.PathLike, *parts: str) -> str:
     if is_uri(root):
         return "/".join([str(root).rstrip("/"), *parts])
     return str(Path(root, *parts).absolute())
+
+
+def trial_path(experiment: str | os.PathLike, tune_path: str | os.PathLike) -> str:
+    """The trial folder Tune names `tune_path`, under the experiment's own path or URI. Tune's Trial.path and
+    Result.path drop a URI's scheme (s3://bucket/exp/t becomes bucket/exp/t): joined onto as they are, they
+    would put our files on the driver's disk, relative to its working folder."""
+    return join(experiment, PurePosixPath(str(tune_path)).name)
+
+
+class StorageError(Exception):
+    """The storage path cannot be written or read; the message names it and says what to do."""
 
 
 def _filesystem(uri: str):
@@ -75,3 +86,76 @@ def write_atomic(path: str | os.PathLike, data: str | bytes) -> str:
 def is_nonempty_folder(path: str | os.PathLike) -> bool:
     """A local folder with something in it (URIs: never, object stores have no folders to check)."""
     return not is_uri(path) and Path(path).is_dir() and any(Path(path).iterdir())
+
+
+def list_files(root: str | os.PathLike) -> list[str]:
+    """Every file under `root` (path or URI), as paths relative to it, sorted."""
+    if not is_uri(root):
+        return sorted(p.relative_to(root).as_posix() for p in Path(root).rglob("*") if p.is_file())
+    pafs, fs, inner = _filesystem(str(root))
+    inner = inner.rstrip("/")
+    infos = fs.get_file_info(pafs.FileSelector(inner, allow_not_found=True, recursive=True))
+    return sorted(i.path[len(inner) + 1:] for i in infos if i.type == pafs.FileType.File)
+
+
+def check_writable(path: str | os.PathLike) -> None:
+    """Write and delete a probe file where `path`'s files would go, or raise StorageError saying why not.
+
+    A real write, not os.access: root passes os.access under /proc, and only a write shows an object
+    store's endpoint, credentials and bucket working together. The probe has a name of its own, so
+    nothing there is overwritten.
+    """
+    probe = f".tune-cifar-probe-{uuid.uuid4().hex}"
+    if not is_uri(path):
+        existing = Path(path).absolute()
+        while not existing.exists():
+            existing = existing.parent
+        try:
+            if not existing.is_dir():
+                raise NotADirectoryError(f"{existing} is not a folder")
+            (existing / probe).write_bytes(b"")
+            (existing / probe).unlink()
+        except OSError as e:
+            raise StorageError(f"storage path {path} is not writable ({e}); pass --storage-path with a folder "
+                               f"you can write") from None
+        return
+    if "?" in str(path):  # join() appends to the URI's end, which would go into its query string
+        raise StorageError(f"storage path {path}: options in the URI are not supported; give the endpoint as "
+                           f"AWS_ENDPOINT_URL=http://host:port instead")
+    try:
+        pafs, fs, inner = _filesystem(str(path))
+        if isinstance(fs, pafs.LocalFileSystem):
+            return check_writable(inner)
+        bucket = inner.split("/", 1)[0]
+        if fs.get_file_info(bucket).type == pafs.FileType.NotFound:
+            raise StorageError(f"storage path {path}: bucket {bucket!r} does not exist; create it, or fix the "
+                               f"bucket's name in --storage-path")
+        with fs.open_output_stream(f"{inner.rstrip('/')}/{probe}"):
+            pass
+        fs.delete_file(f"{inner.rstrip('/')}/{probe}")
+    except (OSError, ValueError) as e:  # pyarrow raises OSError for the store's errors, ValueError for bad URIs
+        raise StorageError(f"storage path {path} cannot be written: {_advice(str(e))}") from None
+
+
+def _advice(error: str) -> str:
+    """What to do about one of pyarrow's object-store errors (the error itself, first line, goes with it)."""
+    first = error.strip().splitlines()[0] if error.strip() else "unknown error"
+    endpoint = os.environ.get("AWS_ENDPOINT_URL")
+    if "NETWORK_CONNECTION" in error or "Could not connect" in error or "resolve host" in error:
+        where = f"the endpoint {endpoint} (AWS_ENDPOINT_URL)" if endpoint else "the storage service"
+        return f"cannot reach {where}; check the address and that the server is up ({first})"
+    if not _credentials_given():  # unsigned requests then: the store refuses them (as it should)
+        return (f"no credentials found; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or give "
+                f"the node an instance role ({first})")
+    if "ACCESS_DENIED" in error or "403" in error:
+        return f"access denied; check that the credentials given may write there ({first})"
+    return f"{first}; check --storage-path and the storage's credentials and endpoint"
+
+
+def _credentials_given() -> bool:
+    """Whether any credential source other than an instance role is set (AWS's own chain, minus the network)."""
+    names = ("AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+             "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "GOOGLE_APPLICATION_CREDENTIALS")
+    files = (os.environ.get("AWS_SHARED_CREDENTIALS_FILE", "~/.aws/credentials"),
+             os.environ.get("AWS_CONFIG_FILE", "~/.aws/config"))
+    return any(os.environ.get(n) for n in names) or any(Path(f).expanduser().is_file() for f in files)
