@@ -21,7 +21,7 @@ from analysis.loading import (IDENTITY_FIELDS, AnalysisError, format_value, load
                               study_metadata)
 from analysis.published import tables_for
 from analysis.render import Block, Bullets, Grid, Heading, Image, Para, to_html, to_markdown
-from analysis.stats import compare_winner, ranked, summary, trials, welch
+from analysis.stats import compare_winner, counted_values, ranked, summary, trials, welch
 from analysis.tables import OURS_NOTE, Table, markdown_table, study_tables, table_markdown
 from search_spaces._report_best import BEST
 from tune_cifar.config import TrainConfig
@@ -392,8 +392,8 @@ def _ranking_section(t: pd.DataFrame, s: pd.DataFrame, report: Report, published
         diff = test = ""
         if ref is not None and r["epochs"] == ref["epochs"]:
             diff = f"{r['val_acc_mean'] - ref['val_acc_mean']:+.4f}"
-            a, b = (t[(t["experiment"] == x["experiment"]) & (t["configuration"] == x["configuration"])
-                      & t["finished"]]["val_acc"] for x in (r, ref))
+            # one sample per distinct seed: copies of a seed (same configuration and seed) are pooled
+            a, b = (counted_values(t, x, "val_acc") for x in (r, ref))
             if r.name != ref.name and min(len(a), len(b)) >= 2:
                 test = f"p = {welch(a, b).p_value:.3g}"
         seeds = str(r["n_counted"]) + (f" ({r['n_diverged']} diverged)" if r["diverged"] else "")

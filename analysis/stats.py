@@ -211,13 +211,13 @@ def compare_winner(t: pd.DataFrame, summary_rows: pd.DataFrame, metric: str = "v
     order = ranked(summary_rows, metric, mode, keys)
     order = order[order["rank"].notna()] if order["rank"].notna().any() else order
     top = order.iloc[0]
-    a = _counted_values(t, top, metric)
+    a = counted_values(t, top, metric)
     if len(order) < 2:
         return Comparison(top["configuration"], None, metric, math.nan, len(a), 0, None,
                           "only one configuration: nothing to compare")
     pairs = []
     for _, other in order.iloc[1:].iterrows():
-        b = _counted_values(t, other, metric)
+        b = counted_values(t, other, metric)
         margin = float(top[f"{metric}_mean"] - other[f"{metric}_mean"])
         tested = min(len(a), len(b)) >= 2 and not math.isclose(margin, 0.0, abs_tol=1e-12)
         pairs.append((other, b, margin, welch(a, b) if tested else None))
@@ -266,6 +266,7 @@ def holm(p_values: list[float]) -> list[float]:
     return out
 
 
-def _counted_values(t: pd.DataFrame, row: pd.Series, metric: str) -> np.ndarray:
+def counted_values(t: pd.DataFrame, row: pd.Series, metric: str) -> np.ndarray:
+    """`row`'s (a summary row) counted trials' `metric`, one value per distinct seed (copies pooled)."""
     mine = t[(t["experiment"] == row["experiment"]) & (t["configuration"] == row["configuration"])]
     return per_seed(mine[mine["finished"]])[metric].to_numpy(float)  # copies of a seed are one sample

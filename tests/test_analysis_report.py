@@ -287,3 +287,31 @@ def test_a_root_with_generated_and_cifar100_studies_marks_only_the_generated_one
     lr, wd = md.split("(`lr`)")[1].split("\n## ")[0], md.split("(`wd`)")[1].split("\n## ")[0]
     assert "**Generated data:** this study" in lr and "(report)" not in lr
     assert "Generated data" not in wd and "weight decay" in wd.lower() and "val acc (report)" in wd
+
+
+def _best_frame(finals: dict[str, list[float]]):
+    """frame() whose first configuration is the report's best (the ranked section's reference)."""
+    from analysis.report import REPORT_BEST
+    from test_analysis import frame
+
+    df = frame(finals)
+    first = df["configuration"] == next(iter(finals))
+    for k, v in REPORT_BEST.items():
+        if f"config/{k}" in df:
+            df[f"config/{k}"] = df[f"config/{k}"].astype(object)
+            df.loc[first, f"config/{k}"] = v
+    return df
+
+
+def test_the_ranked_sections_welch_pools_copies_of_a_seed_and_needs_two_seeds_each():
+    import analysis
+    from analysis.report import Report, _ranking_section
+
+    df = _best_frame({"best": [0.60, 0.62], "copies": [0.50, 0.501]})
+    df.loc[df["configuration"] == "copies", "seed"] = 0  # two identical runs of seed 0: one seed
+    grid = [b for b in _ranking_section(analysis.trials(df), analysis.summary(df), Report()) if hasattr(b, "cells")][0]
+    rows = {r[2]: r for r in grid.cells}
+    assert rows["copies"][3] == "1" and rows["copies"][-1] == ""  # one seed: no Welch p-value
+    df = _best_frame({"best": [0.60, 0.62], "two": [0.50, 0.51]})  # two distinct seeds each: tested
+    grid = [b for b in _ranking_section(analysis.trials(df), analysis.summary(df), Report()) if hasattr(b, "cells")][0]
+    assert {r[2]: r for r in grid.cells}["two"][-1].startswith("p = ")
