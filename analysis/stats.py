@@ -12,7 +12,7 @@ from scipy import stats
 
 from analysis.loading import IDENTITY_FIELDS, configuration_labels
 from tune_cifar import ranking
-from tune_cifar.results import REUSED_FROM
+from tune_cifar.results import REUSED_FROM, status_note
 from tune_cifar.schema import DIVERGED, ERROR, FINAL_METRICS, INCOMPLETE, STOPPED_EARLY
 CONFIDENCE = 0.95
 GROUP = ["experiment", "study", "configuration"]
@@ -134,7 +134,11 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
                    epochs=int(g["epochs_planned"].max()),
                    diverged=bool(g["diverged"].any()), n_diverged=int(g["diverged"].sum()),
                    incomplete=bool(g["incomplete"].any()), n_incomplete=int(g["incomplete"].sum()),
-                   missing=_missing_note(g[g["incomplete"]]))
+                   missing=_missing_note(g[g["incomplete"]]),
+                   # none counted: where its trials ended, in the runner's words (final_table's status)
+                   ended="" if g["finished"].any() else status_note(
+                       pd.DataFrame({"status": g["status"],
+                                     "epoch": g["last_epoch"].where(g["last_epoch"] > 0)})))
         for m in FINAL_METRICS:
             row[f"{m}_mean"], row[f"{m}_std"], row[f"{m}_ci_low"], row[f"{m}_ci_high"] = mean_ci(used[m])
         row.update(wall_s=g["wall_s"].sum(), gpu_hours=g["gpu_hours"].sum(), cpu_hours=g["cpu_hours"].sum())

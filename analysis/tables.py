@@ -57,7 +57,7 @@ def _frame(summary_rows: pd.DataFrame, metrics, spec: PublishedTable | None) -> 
 def _row(r: pd.Series | None, metrics, spec: PublishedTable | None, key) -> dict:
     row = {"_key": key,
            "configuration": r["configuration"] if r is not None else f"{spec.field}={format_value(spec.field, key)}",
-           "seeds": int(r["n_seeds"]) if r is not None else 0,
+           "seeds": int(r["n_counted"]) if r is not None else 0,  # seeds that count: none when none finished
            "status": _status(r)}
     for m in metrics:
         ours = r[f"{m}_mean"] if r is not None else math.nan
@@ -74,7 +74,7 @@ def _row(r: pd.Series | None, metrics, spec: PublishedTable | None, key) -> dict
 def _status(r: pd.Series | None) -> str:
     if r is None:
         return "not run"
-    flags = []
+    flags = [r["ended"]] if r.get("ended") else []  # no counted trial: "stopped early at epoch 2 (not ranked)"
     if r["diverged"]:
         flags.append(f"diverged ({r['n_diverged']}/{r['n_trials']} seeds)")
     if r["incomplete"]:

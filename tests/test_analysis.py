@@ -367,3 +367,14 @@ def test_copies_of_a_seed_are_pooled_as_one_seed_not_counted_as_three():
     # two distinct seeds stay two samples
     seeds = frame({"lr=0.01": [0.600, 0.601, 0.599], "lr=0.02": [0.500, 0.502, 0.498]})
     assert analysis.summary(seeds)["n_seeds"].tolist() == [3, 3]
+
+
+def test_a_configuration_the_scheduler_stopped_shows_no_seeds_and_says_where_it_stopped():
+    """ASHA cut lr=0.02 at epoch 2 of 4: the runner prints `stopped early at epoch 2 (not ranked)`; so must the report."""
+    df = frame({"lr=0.01": [0.60], "lr=0.02": [0.50]}, epochs=4)
+    cut = df["configuration"] == "lr=0.02"
+    df.loc[cut, "status"] = "stopped_early"
+    df = df[~(cut & (df["epoch"] > 2))]
+    cells = {c[0]: c for c in study_tables(analysis.summary(df), "lr", published=False)[0].cells}
+    assert cells["lr=0.02"][1] == "0" and cells["lr=0.02"][-1] == "stopped early at epoch 2 (not ranked)"
+    assert cells["lr=0.01"][1] == "1" and cells["lr=0.01"][-1] == "ok"

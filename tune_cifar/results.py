@@ -265,7 +265,7 @@ def final_table(df: pd.DataFrame, keys: Sequence[str], metric: str, mode: str) -
     table = scored.merge(means, left_on=cols, right_index=True, how="left")
     epochs = last.groupby(cols, dropna=False)["epoch"].max().rename("epochs")
     table = table.merge(epochs, left_on=cols, right_index=True, how="left")
-    status = shown.groupby(cols, dropna=False)[["status", "epoch"]].apply(_status_note).rename("status")
+    status = shown.groupby(cols, dropna=False)[["status", "epoch"]].apply(status_note).rename("status")
     table = table.merge(status, left_on=cols, right_index=True, how="left")
     table = ranking.rank(table, cols, mode)
     table["winner"] = ["*" if r == 1 else "" for r in table["rank"]]
@@ -274,7 +274,7 @@ def final_table(df: pd.DataFrame, keys: Sequence[str], metric: str, mode: str) -
     return table[[*keys, "seeds", "trials", "epochs", "diverged", *FINAL_METRICS, "status", "winner"]].reset_index(drop=True)
 
 
-def _status_note(trials: pd.DataFrame) -> str:
+def status_note(trials: pd.DataFrame) -> str:
     """`finished`, `diverged`, or for a configuration none of whose trials counts, where they ended:
     `stopped early at epoch 2 (not ranked)`."""
     if trials["status"].map(ranking.counts).any():
