@@ -25,6 +25,7 @@ from analysis.stats import compare_winner, counted_values, ranked, summary, tria
 from analysis.tables import OURS_NOTE, Table, markdown_table, study_tables, table_markdown
 from search_spaces._report_best import BEST
 from tune_cifar.config import TrainConfig
+from tune_cifar.results import REUSED_FROM
 from tune_cifar.schema import CONFIGURATION_FIELDS, USED_ONLY_WHEN
 from tune_cifar.storage import is_uri, join, list_files, read_bytes, write_atomic
 
@@ -381,7 +382,7 @@ def _ranking_section(t: pd.DataFrame, s: pd.DataFrame, report: Report, published
     """Every configuration ever run, ranked by tune_cifar.ranking's rule on validation accuracy, against
     our run of the report's best configuration (its published figures only where no study ran on
     generated data)."""
-    counted = s[s["n_counted"] > 0]
+    counted, also = _without_reused(t, s[s["n_counted"] > 0])
     ranked_rows = ranked(counted, "val_acc", "max", [c for c in s.columns if c.startswith("config/")])
     if len(ranked_rows) < 2:
         return []
@@ -397,7 +398,8 @@ def _ranking_section(t: pd.DataFrame, s: pd.DataFrame, report: Report, published
             if r.name != ref.name and min(len(a), len(b)) >= 2:
                 test = f"p = {welch(a, b).p_value:.3g}"
         seeds = str(r["n_counted"]) + (f" ({r['n_diverged']} diverged)" if r["diverged"] else "")
-        rows.append((str(rank), r["experiment"], r["configuration"], seeds, str(r["epochs"]),
+        label = r["configuration"] + "".join(f" (also the {e} study's {c})" for e, c in also.get(r.name, []))
+        rows.append((str(rank), r["experiment"], label, seeds, str(r["epochs"]),
                      _with_ci(r, "val_acc"), _with_ci(r, "test_acc"), diff, test))
     header = ("rank", "study", "configuration", "seeds", "epochs", "val acc", "test acc",
               "val acc vs report's best", "Welch vs report's best")
@@ -412,6 +414,28 @@ def _ranking_section(t: pd.DataFrame, s: pd.DataFrame, report: Report, published
                  + (" (its published validation accuracy 0.6983, test 0.7066 on CIFAR-100)" if published else "")
                  + f"; ours of it: {where}. Differences are only given between runs of the same length."),
             Grid(header, tuple(rows))]
+
+
+def _without_reused(t: pd.DataFrame, s: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+    """`s` less the configurations whose counted trials are all a chain's reuse of an earlier study's trials
+    (one run, listed once: under the study that trained it), and, per kept row's index, the (experiment,
+    configuration) pairs that reused it."""
+    reused = t[REUSED_FROM].fillna("").astype(str) != "" if REUSED_FROM in t else pd.Series(False, index=t.index)
+    keep, also = [], {}
+    for index, r in s.iterrows():
+        mine = t[(t["experiment"] == r["experiment"]) & (t["configuration"] == r["configuration"]) & t["finished"]]
+        if len(mine) == 0 or not reused[mine.index].all():
+            keep.append(index)
+            continue
+        parent = r["experiment"].rsplit("/", 1)[0] + "/" if "/" in r["experiment"] else ""
+        for source in dict.fromkeys(mine[REUSED_FROM]):
+            study, trial_id = source.split("/", 1)
+            found = t[(t["experiment"] == parent + study) & (t["trial_id"] == trial_id)]
+            hit = s[(s["experiment"] == parent + study) & s["configuration"].isin(found["configuration"])]
+            for h in hit.index:
+                if (r["experiment"], r["configuration"]) not in also.setdefault(h, []):
+                    also[h].append((r["experiment"], r["configuration"]))
+    return s.loc[keep], also
 
 
 def is_report_best(s: pd.DataFrame) -> pd.Series:
@@ -449,15 +473,17 @@ def _with_ci(r: pd.Series, metric: str) -> str:
 def _cost_section(t: pd.DataFrame) -> list[Block]:
     rows = []
     for experiment, g in t.groupby("experiment", sort=False):
-        rows.append((experiment, str(len(g)), str(int(g["epochs_done"].sum())), f"{g['wall_s'].sum() / 3600:.3f}",
+        # epochs_trained: a chain's reused trial trained none (its epochs are the earlier study's)
+        rows.append((experiment, str(len(g)), str(int(g["epochs_trained"].sum())), f"{g['wall_s'].sum() / 3600:.3f}",
                      f"{g['gpu_hours'].sum():.3f}", f"{g['cpu_hours'].sum():.3f}"))
-    rows.append(("total", str(len(t)), str(int(t["epochs_done"].sum())), f"{t['wall_s'].sum() / 3600:.3f}",
+    rows.append(("total", str(len(t)), str(int(t["epochs_trained"].sum())), f"{t['wall_s'].sum() / 3600:.3f}",
                  f"{t['gpu_hours'].sum():.3f}", f"{t['cpu_hours'].sum():.3f}"))
     return [Heading(2, "Cost"),
             Para("Trial-hours are the summed epoch times (training plus evaluation) of every trial; GPU-hours "
                  "and CPU-hours multiply each trial's time by the GPUs and CPUs Tune gave it (a quarter GPU "
                  "for an hour is 0.25 GPU-hours); the members of a fused group share each epoch's time and "
-                 "resources equally, so they add up to the group's. Start-up and data loading outside epochs are "
+                 "resources equally, so they add up to the group's. A chain's trial reused from an earlier study's "
+                 "run trained nothing: it adds no epochs and no time. Start-up and data loading outside epochs are "
                  "not counted."),
             Grid(("study", "trials", "epochs run", "trial-hours", "GPU-hours", "CPU-hours"), tuple(rows))]
 

@@ -6,6 +6,7 @@ import sys
 
 import matplotlib.image
 import numpy as np
+import pandas as pd
 import pytest
 from matplotlib.collections import PolyCollection
 from scipy import stats
@@ -315,3 +316,28 @@ def test_the_ranked_sections_welch_pools_copies_of_a_seed_and_needs_two_seeds_ea
     df = _best_frame({"best": [0.60, 0.62], "two": [0.50, 0.51]})  # two distinct seeds each: tested
     grid = [b for b in _ranking_section(analysis.trials(df), analysis.summary(df), Report()) if hasattr(b, "cells")][0]
     assert {r[2]: r for r in grid.cells}["two"][-1].startswith("p = ")
+
+
+def test_a_chains_reused_trial_is_ranked_once_and_its_epochs_are_not_counted_again():
+    """all/mixup's mixup_alpha=off is all/wd's weight_decay=0.0001 run, reused: one run, listed and paid once."""
+    from analysis.report import Report, _cost_section, _ranking_section
+    from test_analysis import frame
+    from tune_cifar.results import REUSED_FROM
+
+    wd = frame({"weight_decay=0.0001": [0.60, 0.61], "weight_decay=0.0005": [0.50, 0.51]}).assign(
+        experiment="all/wd", study="wd", **{REUSED_FROM: ""})
+    same = wd[wd["configuration"] == "weight_decay=0.0001"]
+    reused = same.assign(experiment="all/mixup", study="mixup", configuration="mixup_alpha=off",
+                         trial_id=same["trial_id"] + "-from-wd", **{REUSED_FROM: "wd/" + same["trial_id"]})
+    other = wd[wd["configuration"] == "weight_decay=0.0005"].assign(
+        experiment="all/mixup", study="mixup", configuration="mixup_alpha=0.2", trial_id=lambda d: "m" + d["trial_id"],
+        val_acc=lambda d: d["val_acc"] + 0.2)
+    df = pd.concat([wd, reused, other], ignore_index=True)
+    t, s = analysis.trials(df), analysis.summary(df)
+    grid = [b for b in _ranking_section(t, s, Report()) if hasattr(b, "cells")][0]
+    listed = [(r[1], r[2]) for r in grid.cells]
+    assert len(listed) == 3 and ("all/mixup", "mixup_alpha=off") not in listed
+    assert ("all/wd", "weight_decay=0.0001 (also the all/mixup study's mixup_alpha=off)") in listed
+    cost = {r[0]: r for r in [b for b in _cost_section(t) if hasattr(b, "cells")][0].cells}
+    assert cost["all/wd"][2] == "8" and cost["all/mixup"][2] == "4"  # 2 trials x 2 epochs; the reused 2 trained none
+    assert cost["total"][2] == "12"
