@@ -146,12 +146,16 @@ def study_metadata(root: str | Path) -> dict[str, dict[str, Any]]:
 
 def read_data(folder: Path, meta: dict[str, Any]) -> dict[str, Any]:
     """What an experiment's trials trained on, as the first trial's run_info.json records it (`generated`,
-    `train_images`, `test_images`, `classes`; tune_cifar.data.data_summary). Results from before that record
-    know only that `--smoke` data is `<generated>`; anything else is taken for the release."""
+    `train_images`, `test_images`, `classes`; tune_cifar.data.data_summary), else as study.json does (the
+    only record left once the trial folders are gone: a results.parquet + study.json copy). Results from
+    before either record know only that `--smoke` data is `<generated>`; anything else is taken for the
+    release."""
     for child in _subdirs(Path(folder)):
         info = _read_json(child / "run_info.json") if (child / "run_info.json").is_file() else {}
         if isinstance(info.get("data"), dict):
             return info["data"]
+    if isinstance(meta.get("data"), dict):
+        return meta["data"]
     return {"generated": meta.get("base", {}).get("data_dir") == GENERATED_DATA_DIR}
 
 

@@ -341,3 +341,22 @@ def test_a_chains_reused_trial_is_ranked_once_and_its_epochs_are_not_counted_aga
     cost = {r[0]: r for r in [b for b in _cost_section(t) if hasattr(b, "cells")][0].cells}
     assert cost["all/wd"][2] == "8" and cost["all/mixup"][2] == "4"  # 2 trials x 2 epochs; the reused 2 trained none
     assert cost["total"][2] == "12"
+
+
+def test_a_study_with_only_study_json_and_parquet_is_reported_as_generated_when_study_json_says_so(tmp_path):
+    """The trial folders (the run_info.json files) are gone; study.json's `data` entry still says generated."""
+    import shutil
+
+    from analysis.render import to_markdown
+    from analysis.report import build
+
+    folder = write_study(tmp_path, "lr", {"lr": [0.01, 0.05]}, seeds=(0, 1), parquet=True)
+    for trial in [p for p in folder.iterdir() if p.is_dir()]:
+        shutil.rmtree(trial)
+    record = json.loads((folder / "study.json").read_text())
+    data = {"generated": True, "train_images": 2000, "test_images": 500, "classes": 100}
+    (folder / "study.json").write_text(json.dumps({**record, "data": data}))
+    report = build(folder, log=lambda msg: None)
+    assert "generated data" in report.title and "CIFAR-100" not in report.title
+    text = to_markdown(report.blocks)
+    assert "**Data:** generated images, not CIFAR-100: 1,600 training" in text

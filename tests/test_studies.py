@@ -208,3 +208,18 @@ def test_a_chained_study_says_what_it_carried_and_ties_go_to_the_lower_loss(monk
     record = study_record(mixup, RunOptions(), carried, {"cpu": 1, "gpu": 0}, "all", mixup.plan)
     assert record["description"] == said and record["carried"] == carried  # the report's description line
     assert load_study("mixup").described({}) == mixup.description  # run alone: its own words
+
+
+def test_study_json_records_the_data_the_trials_train_on():
+    """study.json carries run_info.json's `data` entry (data_summary), so a parquet + study.json copy knows it."""
+    import numpy as np
+
+    from tune_cifar.data import CifarData, data_summary
+    from tune_cifar.experiment import study_record
+
+    x = np.zeros((4, 3, 32, 32), np.uint8)
+    data = CifarData(x, np.array([0, 1, 2, 2]), x[:2], np.array([0, 1]), ["a", "b", "c"], generated=True)
+    lr = load_study("lr")
+    record = study_record(lr, RunOptions(), {}, {"cpu": 1, "gpu": 0}, None, lr.plan, data)
+    assert record["data"] == data_summary(data) == {"generated": True, "train_images": 4, "test_images": 2,
+                                                    "classes": 3}

@@ -24,7 +24,7 @@ import pandas as pd
 
 from tune_cifar import results, search
 from tune_cifar.config import ConfigError, TrainConfig
-from tune_cifar.data import CifarData
+from tune_cifar.data import CifarData, data_summary
 from tune_cifar.storage import is_nonempty_folder, is_uri, join, read_text, trial_path, write_atomic
 from tune_cifar.search import SearchPlan
 from tune_cifar.studies import Study, load_study, scaled_settings
@@ -229,7 +229,9 @@ def resources(opts: RunOptions, cluster_gpus: float) -> dict[str, float]:
 
 
 def study_record(study: Study, opts: RunOptions, carried: dict[str, Any], res: dict[str, float],
-                 chain: str | None, plan: SearchPlan) -> dict[str, Any]:
+                 chain: str | None, plan: SearchPlan, data: CifarData | None = None) -> dict[str, Any]:
+    """study.json's record. With `data`, also what the trials train on (`data`: data_summary, as each trial's
+    run_info.json has it), so that the results still say so once the trial folders are gone."""
     base = study.base_config(carried).replace(**_overrides(opts)).to_dict()
     for key in study.space:
         base[key] = None
@@ -237,7 +239,8 @@ def study_record(study: Study, opts: RunOptions, carried: dict[str, Any], res: d
     return {"study": study.name, "title": study.title, "description": study.described(carried), "metric": study.metric,
             "mode": study.mode, "space": space, "base": base, "carried": carried, "seeds": opts.seeds,
             "search": asdict(plan), "strategy": plan.label(), "fuse": opts.fuse, "resources": res, "chain": chain,
-            "options": {k: getattr(opts, k) for k in RECORDED_OPTIONS}}
+            "options": {k: getattr(opts, k) for k in RECORDED_OPTIONS}} | (
+                {"data": data_summary(data)} if data is not None else {})
 
 
 def check_experiment_folder(path: str, record: dict[str, Any], resume: bool) -> dict[str, Any] | None:
@@ -379,11 +382,12 @@ def run_study(study: Study, data: CifarData, opts: RunOptions, storage: str, car
     res = resources(opts, ray.cluster_resources().get("GPU", 0))
     to_train, sources = reuse(study, opts, carried, plan, earlier or {})
     copies = [results.reused_rows(study.name, s, earlier) for s in sources]
-    record = {**study_record(study, opts, carried, res, chain, plan),
+    record = {**study_record(study, opts, carried, res, chain, plan, data),
               "reused": {c["trial_id"].iloc[0]: c[results.REUSED_FROM].iloc[0] for c in copies}}
     if saved is not None:
         res = saved.get("resources") or res
-        record = {**saved, "options": {k: getattr(opts, k) for k in RECORDED_OPTIONS}, "reused": record["reused"]}
+        record = {**saved, "options": {k: getattr(opts, k) for k in RECORDED_OPTIONS}, "reused": record["reused"],
+                  "data": record["data"]}
 
     options = TrialOptions(study=study.name, checkpoint_every=opts.checkpoint_every,
                            also_every=plan.perturbation_interval if plan.scheduler == "pbt" else None,
