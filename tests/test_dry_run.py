@@ -80,6 +80,12 @@ def _refusals(tmp_path):
         (["lr", "--seeds", "0"], "--seeds must be >= 1"),
         (["lr", "--set", "lr=0"], "invalid lr=0.0: must be > 0"),
         (["lr", "--storage-path", not_a_folder / "sub"], "is not writable"),
+        # seeds are integers in [0, 2**32-1]: what numpy, torch and the samplers take
+        (["joint", "--search-seed", "-1"], "--search-seed -1: must be an integer in [0, 2**32-1]"),
+        (["lr", "--search", "random", "--num-samples", "1", "--search-seed", "-3"], "--search-seed -3: must be"),
+        (["lr", "--search-seed", str(2**32)], f"--search-seed {2**32}: must be an integer in [0, 2**32-1]"),
+        (["lr", "--set", "seed=-1"], "invalid seed=-1: must be an integer in [0, 2**32-1]"),
+        (["lr", "--set", f"split_seed={2**32}"], f"invalid split_seed={2**32}: must be an integer in [0, 2**32-1]"),
     ]
     for folder in ("held/lr", "held/all/lr", "alien/lr"):
         (tmp_path / folder).mkdir(parents=True)
@@ -113,7 +119,8 @@ def test_every_refusal_is_the_same_for_the_dry_run_and_a_real_start(tmp_path, mo
 
 
 def test_what_the_dry_run_accepts_a_real_start_accepts(tmp_path, monkeypatch):
-    for argv in (["lr", "--smoke", "--set", "seed=7"], ["joint", "--smoke"], ["all", "--smoke", "--seeds", "2"],
+    for argv in (["lr", "--smoke", "--set", "seed=7"], ["joint", "--smoke"],
+                 ["joint", "--smoke", "--search-seed", str(2**32 - 1), "--set", f"split_seed={2**32 - 1}"], ["all", "--smoke", "--seeds", "2"],
                  ["lr", "--smoke", "--scheduler", "asha", "--grace-period", "2", "--reduction-factor", "3"]):
         argv = [*argv, "--storage-path", tmp_path / "r"]
         assert _cli([*argv, "--dry-run"], monkeypatch)[0] == 0, argv
