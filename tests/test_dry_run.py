@@ -237,3 +237,36 @@ def test_every_listed_study_starts_with_smoke_and_reports_a_first_epoch(tmp_path
 
 def _first_results(storage):
     return [p for p in storage.glob("**/result.json") if p.stat().st_size]
+
+
+def _saved_experiment(folder, name, opts, chain=None):
+    """study.json as run_study writes it for `name` run with `opts` (no study needs to run)."""
+    study = load_study(name)
+    step = plan_run(study, opts).steps[0]
+    folder.mkdir(parents=True)
+    (folder / "study.json").write_text(json.dumps(study_record(step.study, opts, {}, {"cpu": 1.0, "gpu": 0.0}, chain,
+                                                               step.search), default=str))
+
+
+def _size_line(out, name):
+    return next(line for line in out.split(f"{name}: ", 1)[1].splitlines() if line.strip().startswith("search "))
+
+
+def test_a_resume_dry_run_shows_the_saved_experiments_options(tmp_path):
+    smoke = (("batch_size", cli.SMOKE["batch_size"]),)
+    # started with --epochs 2: a resume that leaves --epochs out runs 2 epochs, and the dry run says so
+    _saved_experiment(tmp_path / "two" / "lr", "lr", RunOptions(epochs=2, extra=smoke))
+    code, out = _main_out(tmp_path / "two", "lr", "--smoke", "--resume", "--dry-run")
+    assert code == 0 and "3 trials x 2 epochs" in _size_line(out, "lr"), out
+    # started with ASHA: the resume is ASHA, not the study's grid/FIFO
+    _saved_experiment(tmp_path / "asha" / "lr", "lr",
+                      RunOptions(epochs=4, extra=smoke, plan=(("scheduler", "asha"), ("grace_period", 1))))
+    code, out = _main_out(tmp_path / "asha", "lr", "--smoke", "--resume", "--dry-run")
+    line = _size_line(out, "lr")
+    assert code == 0 and "asha" in line.lower() and "3 trials x 4 epochs" in line and "(grace 1, reduction 4)" in line, out
+    # a chain: each step whose folder holds a study.json takes its saved options, a step not begun this command's
+    _saved_experiment(tmp_path / "chain" / "all" / "lr", "lr", RunOptions(epochs=2, extra=smoke), chain="all")
+    code, out = _main_out(tmp_path / "chain", "all", "--smoke", "--resume", "--dry-run")
+    second = load_study("all").chain[1]
+    assert code == 0 and "x 2 epochs" in _size_line(out, "lr") and "x 5 epochs" in _size_line(out, second), out
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["study.json"] * 3  # nothing written
