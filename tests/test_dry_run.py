@@ -269,4 +269,9 @@ def test_a_resume_dry_run_shows_the_saved_experiments_options(tmp_path):
     code, out = _main_out(tmp_path / "chain", "all", "--smoke", "--resume", "--dry-run")
     second = load_study("all").chain[1]
     assert code == 0 and "x 2 epochs" in _size_line(out, "lr") and "x 5 epochs" in _size_line(out, second), out
-    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["study.json"] * 3  # nothing written
+    _saved_experiment(tmp_path / "chain" / "all" / second, second, RunOptions(epochs=3, extra=smoke), chain="all")
+    code, out = _main_out(tmp_path / "chain", "all", "--smoke", "--resume", "--dry-run")
+    third = load_study("all").chain[2]
+    assert code == 0 and "x 2 epochs" in _size_line(out, "lr") and "x 3 epochs" in _size_line(out, second) \
+        and "x 5 epochs" in _size_line(out, third), out
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["study.json"] * 4  # nothing written
