@@ -297,8 +297,9 @@ def check_storage(plan: Plan, opts: RunOptions, given: set[str] = frozenset()) -
     for later in plan.steps[1:]:  # a chain's later steps, each as run() -> run_study -> open_folder plans it
         path = join(storage, later.study.name)
         existing = read_text(join(path, "study.json"))
-        steps.append(later if existing is None else
-                     plan_step(load_study(later.study.name), resume_options(_parse_record(existing, path), opts, given)))
+        if existing is not None:
+            later = plan_step(load_study(later.study.name), resume_options(_parse_record(existing, path), opts, given))
+        steps.append(later)
     return replace(plan, steps=tuple(steps), seeds=run_seeds(resumed), overrides=_overrides(resumed))
 
 
