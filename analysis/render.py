@@ -96,7 +96,10 @@ def _inline(text: str) -> str:
 
 def _safe_link(escaped_url: str) -> bool:
     """http(s) or relative. Browsers drop whitespace and control characters inside a scheme
-    (`java\tscript:`), so the scheme is read the way they read it."""
+    (`java\tscript:`), so the scheme is read the way they read it; they read a backslash as a slash, and
+    `//host/x` (so `\\\\host\\x` too) as another host: a link starting with // or holding a backslash is refused."""
     url = re.sub(r"[\x00-\x20\x7f]", "", html.unescape(escaped_url))
+    if url.startswith("//") or "\\" in url:
+        return False
     scheme = re.match(r"([a-zA-Z][a-zA-Z0-9+.-]*):", url)
     return scheme is None or scheme[1].lower() in ("http", "https")

@@ -80,6 +80,12 @@ def _refusals(tmp_path):
         (["lr", "--seeds", "0"], "--seeds must be >= 1"),
         (["lr", "--set", "lr=0"], "invalid lr=0.0: must be > 0"),
         (["lr", "--storage-path", not_a_folder / "sub"], "is not writable"),
+        # seeds are integers in [0, 2**32-1]: what numpy, torch and the samplers take
+        (["joint", "--search-seed", "-1"], "--search-seed -1: must be an integer in [0, 2**32-1]"),
+        (["lr", "--search", "random", "--num-samples", "1", "--search-seed", "-3"], "--search-seed -3: must be"),
+        (["lr", "--search-seed", str(2**32)], f"--search-seed {2**32}: must be an integer in [0, 2**32-1]"),
+        (["lr", "--set", "seed=-1"], "invalid seed=-1: must be an integer in [0, 2**32-1]"),
+        (["lr", "--set", f"split_seed={2**32}"], f"invalid split_seed={2**32}: must be an integer in [0, 2**32-1]"),
     ]
     for folder in ("held/lr", "held/all/lr", "alien/lr"):
         (tmp_path / folder).mkdir(parents=True)
@@ -113,7 +119,9 @@ def test_every_refusal_is_the_same_for_the_dry_run_and_a_real_start(tmp_path, mo
 
 
 def test_what_the_dry_run_accepts_a_real_start_accepts(tmp_path, monkeypatch):
-    for argv in (["lr", "--smoke", "--set", "seed=7"], ["joint", "--smoke"], ["all", "--smoke", "--seeds", "2"],
+    for argv in (["lr", "--smoke", "--set", "seed=7"], ["joint", "--smoke"],
+                 ["joint", "--smoke", "--search-seed", str(2**32 - 1), "--set", f"split_seed={2**32 - 1}"],
+                 ["all", "--smoke", "--seeds", "2"],
                  ["lr", "--smoke", "--scheduler", "asha", "--grace-period", "2", "--reduction-factor", "3"]):
         argv = [*argv, "--storage-path", tmp_path / "r"]
         assert _cli([*argv, "--dry-run"], monkeypatch)[0] == 0, argv
@@ -230,3 +238,42 @@ def test_every_listed_study_starts_with_smoke_and_reports_a_first_epoch(tmp_path
 
 def _first_results(storage):
     return [p for p in storage.glob("**/result.json") if p.stat().st_size]
+
+
+def _saved_experiment(folder, name, opts, chain=None):
+    """study.json as run_study writes it for `name` run with `opts` (no study needs to run)."""
+    study = load_study(name)
+    step = plan_run(study, opts).steps[0]
+    folder.mkdir(parents=True)
+    (folder / "study.json").write_text(json.dumps(study_record(step.study, opts, {}, {"cpu": 1.0, "gpu": 0.0}, chain,
+                                                               step.search), default=str))
+
+
+def _size_line(out, name):
+    return next(line for line in out.split(f"{name}: ", 1)[1].splitlines() if line.strip().startswith("search "))
+
+
+def test_a_resume_dry_run_shows_the_saved_experiments_options(tmp_path):
+    smoke = (("batch_size", cli.SMOKE["batch_size"]),)
+    # started with --epochs 2: a resume that leaves --epochs out runs 2 epochs, and the dry run says so
+    _saved_experiment(tmp_path / "two" / "lr", "lr", RunOptions(epochs=2, extra=smoke))
+    code, out = _main_out(tmp_path / "two", "lr", "--smoke", "--resume", "--dry-run")
+    assert code == 0 and "3 trials x 2 epochs" in _size_line(out, "lr"), out
+    # started with ASHA: the resume is ASHA, not the study's grid/FIFO
+    _saved_experiment(tmp_path / "asha" / "lr", "lr",
+                      RunOptions(epochs=4, extra=smoke, plan=(("scheduler", "asha"), ("grace_period", 1))))
+    code, out = _main_out(tmp_path / "asha", "lr", "--smoke", "--resume", "--dry-run")
+    line = _size_line(out, "lr")
+    assert code == 0 and "asha" in line.lower() and "3 trials x 4 epochs" in line, out
+    assert "(grace 1, reduction 4)" in line, out
+    # a chain: each step whose folder holds a study.json takes its saved options, a step not begun this command's
+    _saved_experiment(tmp_path / "chain" / "all" / "lr", "lr", RunOptions(epochs=2, extra=smoke), chain="all")
+    code, out = _main_out(tmp_path / "chain", "all", "--smoke", "--resume", "--dry-run")
+    second = load_study("all").chain[1]
+    assert code == 0 and "x 2 epochs" in _size_line(out, "lr") and "x 5 epochs" in _size_line(out, second), out
+    _saved_experiment(tmp_path / "chain" / "all" / second, second, RunOptions(epochs=3, extra=smoke), chain="all")
+    code, out = _main_out(tmp_path / "chain", "all", "--smoke", "--resume", "--dry-run")
+    third = load_study("all").chain[2]
+    assert code == 0 and "x 2 epochs" in _size_line(out, "lr") and "x 3 epochs" in _size_line(out, second) \
+        and "x 5 epochs" in _size_line(out, third), out
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["study.json"] * 4  # nothing written

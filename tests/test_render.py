@@ -32,7 +32,10 @@ def test_a_quote_in_a_link_does_not_become_an_attribute():
 
 @pytest.mark.parametrize("url", ["javascript:alert(1)", "JavaScript:alert(1)", " javascript:alert(1)",
                                  "java\tscript:alert(1)", "data:text/html,<script>alert(1)</script>",
-                                 "vbscript:msgbox(1)", "file:///etc/passwd"])
+                                 "vbscript:msgbox(1)", "file:///etc/passwd",
+                                 # another host without a scheme: scheme-relative, or a backslash browsers read as /
+                                 "//evil.example/x", "\\\\evil\\x", "/\\evil.example/x", "\\/evil.example/x",
+                                 "/\t/evil.example/x", "tables\\..\\x.csv"])
 def test_only_http_and_relative_links_become_links(url):
     html_text = page(Para(f"see [docs]({url})"), Bullets((f"[docs]({url})",)))
     assert "<a " not in html_text and "docs" in html_text

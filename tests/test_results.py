@@ -175,3 +175,21 @@ def test_repeater_seeds_are_the_same_through_the_parquet_and_through_the_trial_f
     assert seeds(by_folders) == {"t0": 0, "t1": 1, "t2": 0, "t3": 1}
     assert seeds(by_parquet) == seeds(by_folders)
     assert set(pd.read_parquet(folder / "results.parquet")["config/seed"]) == {0, 1}
+
+
+def test_score_configurations_judges_every_trials_final_row_without_trial_ids():
+    """One row per trial (its final state, no trial_id column): an lr 0.5 trial that exploded at its only
+    epoch beside a 3-epoch trial is diverged and ranks below it, whatever its accuracy."""
+    import pandas as pd
+
+    from tune_cifar.ranking import rank, score_configurations
+
+    trials = pd.DataFrame({"lr": [0.05, 0.5, 0.2], "seed": [0, 0, 0], "status": ["finished"] * 3,
+                           "epoch": [3, 1, 3], "val_acc": [0.40, 0.45, 0.30],
+                           "train_loss": [2.0, 3.0, float("inf")], "val_loss": [2.5, 31_082.0, 2.6]})
+    scored = score_configurations(trials, ["lr"], "val_acc")
+    assert scored.set_index("lr")["diverged"].to_dict() == {0.05: False, 0.5: True, 0.2: True}
+    assert rank(scored, ["lr"], "max")["lr"].tolist() == [0.05, 0.5, 0.2]
+    # the trainer's own flag on a final row counts too
+    flagged = score_configurations(trials.assign(diverged=[True, False, False]), ["lr"], "val_acc")
+    assert flagged.set_index("lr")["diverged"].to_dict() == {0.05: True, 0.5: True, 0.2: True}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
@@ -102,10 +103,22 @@ class TrainConfig:
             ("device", self.device in DEVICES, f"must be one of {', '.join(DEVICES)}"),
             ("precision", self.precision in PRECISIONS, f"must be one of {', '.join(PRECISIONS)}"),
             ("eval_batch_size", self.eval_batch_size >= 1, "must be >= 1"),
+            ("seed", is_seed(self.seed), SEED_RULE),
+            ("split_seed", is_seed(self.split_seed), SEED_RULE),
         ]
         for name, ok, rule in checks:
             if not ok:
                 raise ConfigError(f"invalid {name}={getattr(self, name)!r}: {rule}")
+
+
+# numpy's, torch's and the samplers' generators take seeds in [0, 2**32 - 1] (Optuna: "Seed must be between
+# 0 and 2**32 - 1"); a seed outside fails at run time, so it is refused when the configuration is made.
+MAX_SEED = 2**32 - 1
+SEED_RULE = "must be an integer in [0, 2**32-1]"
+
+
+def is_seed(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and 0 <= value <= MAX_SEED
 
 
 def _milestones_error(text: str) -> str | None:

@@ -279,16 +279,31 @@ def open_folder(study: Study, opts: RunOptions, path: str, carried: dict[str, An
     return opts, step, check_experiment_folder(path, record, opts.resume)
 
 
-def check_storage(plan: Plan, opts: RunOptions, given: set[str] = frozenset()) -> None:
+def check_storage(plan: Plan, opts: RunOptions, given: set[str] = frozenset()) -> Plan:
     """run_study's folder refusals (already there without --resume, nothing to resume, another experiment)
     made before Ray starts, for the dry run too: a study's folder, or a chain's first step's (the later
-    steps' configurations depend on the earlier winners)."""
+    steps' configurations depend on the earlier winners).
+
+    Returns the plan the run takes there: `plan` itself, or on --resume each study with the options
+    run_study's open_folder takes for it (the saved experiment's, for the options left out); a chain's
+    step whose folder holds no study.json yet runs with this command's, as run() does."""
     study, storage, chain = plan.study, opts.storage_path, None
+    first_opts = opts
     if study.chain:
         study, storage, chain = load_study(study.chain[0]), join(storage, study.name), study.name
         if opts.resume and read_text(join(storage, study.name, "study.json")) is None:
-            opts = replace(opts, resume=False)  # as run() does: the chain stopped before this study began
-    open_folder(study, opts, join(storage, study.name), {}, chain, given)
+            first_opts = replace(opts, resume=False)  # as run() does: the chain stopped before this study began
+    resumed, step, _ = open_folder(study, first_opts, join(storage, study.name), {}, chain, given)
+    if not opts.resume:
+        return plan
+    steps = [step]
+    for later in plan.steps[1:]:  # a chain's later steps, each as run() -> run_study -> open_folder plans it
+        path = join(storage, later.study.name)
+        existing = read_text(join(path, "study.json"))
+        if existing is not None:
+            later = plan_step(load_study(later.study.name), resume_options(_parse_record(existing, path), opts, given))
+        steps.append(later)
+    return replace(plan, steps=tuple(steps), seeds=run_seeds(resumed), overrides=_overrides(resumed))
 
 
 def resume_options(saved: dict[str, Any], opts: RunOptions, given: set[str]) -> RunOptions:

@@ -68,6 +68,18 @@ def diverged_epochs(frame: pd.DataFrame) -> pd.Series:
     return flagged | (bad & (step == final))
 
 
+def final_diverged(trials: pd.DataFrame) -> pd.Series:
+    """Per row, where every row is a trial's final state (score_configurations' input): the trainer's
+    `diverged` flag, or an exploded training or validation loss. Not diverged_epochs, which without a
+    `trial_id` column would judge only the rows at the frame's highest epoch."""
+    flagged = trials["diverged"] if "diverged" in trials else pd.Series(False, index=trials.index)
+    bad = flagged.astype("boolean").fillna(False).astype(bool)
+    for name in LOSSES:
+        if name in trials:
+            bad = bad | exploded(pd.to_numeric(trials[name], errors="coerce"))
+    return bad
+
+
 def score_configurations(trials: pd.DataFrame, keys: Sequence[str], metric: str) -> pd.DataFrame:
     """One row per configuration (the `keys` columns) from one row per trial (`seed`, `status`, `metric`).
 
@@ -76,7 +88,7 @@ def score_configurations(trials: pd.DataFrame, keys: Sequence[str], metric: str)
     seeds), `n_trials`, `diverged` (any counted trial diverged).
     """
     t = trials.assign(_counted=trials["status"].map(counts),
-                      _diverged=(trials["status"] == DIVERGED) | (diverged_epochs(trials) & trials["status"].map(counts)),
+                      _diverged=(trials["status"] == DIVERGED) | (final_diverged(trials) & trials["status"].map(counts)),
                       _value=pd.to_numeric(trials[metric], errors="coerce"),
                       _tiebreak=pd.to_numeric(trials[TIEBREAK], errors="coerce") if TIEBREAK in trials else math.nan)
     counted = t[t["_counted"]]

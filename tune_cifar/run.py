@@ -170,10 +170,11 @@ def main(argv: list[str] | None = None) -> int:
         validate(args)
         opts, given = options(args, args.data_dir)
         plan = plan_run(study, opts)  # the dry run and the run: one set of refusals, all before Ray starts
-        check_storage(plan, opts, given)
+        # on --resume, the plan with the saved experiment's options, which run() takes for what was left out
+        in_force = check_storage(plan, opts, given)
         check_writable(args.storage_path)  # a probe file written and deleted: an object store's errors show here
         if args.dry_run:
-            print(catalog.dry_run(plan), end="")
+            print(catalog.dry_run(in_force), end="")
             return 0
         if args.smoke:
             # Generated, read into memory, then deleted: trials get the arrays through Ray's object store.

@@ -20,7 +20,7 @@ import random
 from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
-from tune_cifar.config import ConfigError, TrainConfig
+from tune_cifar.config import SEED_RULE, ConfigError, TrainConfig, is_seed
 from tune_cifar.schema import MUTABLE_FIELDS
 
 SEARCHES = ("grid", "random", "optuna", "hyperopt")
@@ -165,6 +165,8 @@ def check(space: Mapping[str, Any], plan: SearchPlan, epochs: int, seeds: int) -
         raise ConfigError(f"--scheduler must be one of {', '.join(SCHEDULERS)}, not {plan.scheduler!r}")
     if plan.num_samples < 1:
         raise ConfigError(f"--num-samples must be >= 1, not {plan.num_samples}")
+    if not is_seed(plan.search_seed):
+        raise ConfigError(f"--search-seed {plan.search_seed!r}: {SEED_RULE}")
     sampled = sampled_fields(space)
     if plan.search == "grid" and sampled:
         raise ConfigError(f"--search grid needs lists, but this study samples {', '.join(sampled)}; "
