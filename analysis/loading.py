@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from tune_cifar import ranking, schema
-from tune_cifar.results import CONFIG_FIELDS, fused_members, member_trials, read_trial_records, trial_status
+from tune_cifar.results import CONFIG_FIELDS, REUSED_FROM, fused_members, member_trials, read_trial_records, trial_status
 from tune_cifar.storage import is_uri, join, list_files, read_bytes, read_text, write_atomic
 from tune_cifar.schema import CONFIGURATION_FIELDS as IDENTITY_FIELDS, COUNTS, EVENTS, METRICS
 
@@ -201,8 +201,22 @@ def format_value(field: str, value: Any) -> str:
 def _read_trial_folders(folder: Path, meta: dict[str, Any]) -> pd.DataFrame:
     ended = {tid for tid, status in tune_statuses(folder).items() if status == "TERMINATED"}
     trials = [_read_trial(child, meta, ended) for child in _subdirs(folder) if _is_trial(child)]
+    trials += [_reused_rows(folder, meta, trial_id, source) for trial_id, source in (meta.get("reused") or {}).items()]
     trials = [t for t in trials if not t.empty]
     return pd.concat(trials, ignore_index=True) if trials else pd.DataFrame()
+
+
+def _reused_rows(folder: Path, meta: dict[str, Any], trial_id: str, source: str) -> pd.DataFrame:
+    """A chained study's trial that repeated an earlier step's run has no folder of its own (it was not
+    trained again): its rows are the source trial's (`<study>/<trial id>` in study.json's `reused`), read
+    from that sibling study's folder, as results.parquet holds them."""
+    study, _, source_id = source.partition("/")
+    sibling = folder.parent / study
+    if not is_experiment(sibling):
+        return pd.DataFrame()
+    rows = load_experiment(sibling, study)
+    rows = rows[rows["trial_id"] == source_id].drop(columns=["experiment", "configuration"])
+    return rows.assign(study=meta.get("study", folder.name), trial_id=trial_id, **{REUSED_FROM: source})
 
 
 def tune_statuses(folder: Path) -> dict[str, str]:

@@ -112,3 +112,25 @@ def test_the_smoke_chain_reuses_the_runs_it_already_made(smoke_all):
         assert record["reused"] == {copy.index[0]: copy["reused_from"].iloc[0]}
     # Tune trained 7 trials, not 9: the reused ones have no trial folder of their own
     assert sum(1 for p in (storage / "all").glob("*/*/params.json")) == 7
+
+
+def test_a_reused_trial_is_read_from_its_source_when_only_trial_folders_are_left(tmp_path):
+    """A reused trial has no folder of its own: the folder loader takes its rows from the source trial."""
+    import json
+
+    import analysis
+    from test_analysis_fixtures import write_study
+
+    chain = tmp_path / "all"
+    write_study(chain, "wd", {"weight_decay": [0.0001, 0.0005]}, chain="all")
+    mixup = write_study(chain, "mixup", {"mixup_alpha": [0.2]}, chain="all", carried={"weight_decay": 0.0001})
+    record = json.loads((mixup / "study.json").read_text())
+    (mixup / "study.json").write_text(json.dumps({**record, "reused": {"wd_00000_0-from-wd": "wd/wd_00000_0"}}))
+    df = analysis.load(tmp_path)
+    copy = df[(df["experiment"] == "all/mixup") & (df["trial_id"] == "wd_00000_0-from-wd")]
+    source = df[(df["experiment"] == "all/wd") & (df["trial_id"] == "wd_00000_0")]
+    assert len(copy) == len(source) == 4 and set(copy["reused_from"]) == {"wd/wd_00000_0"}
+    assert copy["val_acc"].tolist() == source["val_acc"].tolist() and set(copy["study"]) == {"mixup"}
+    t = analysis.trials(df).set_index(["experiment", "trial_id"])
+    assert t.loc[("all/mixup", "wd_00000_0-from-wd"), "epochs_trained"] == 0
+    assert t.loc[("all/mixup", "wd_00000_0-from-wd"), "gpu_hours"] == 0
