@@ -51,7 +51,10 @@ def test_summary_counts_seeds_and_costs(results_root):
     assert sorted(two_seeds["n_seeds"]) == [2, 2]
     assert (s.loc[s["experiment"] != "lrs", "n_seeds"] == 1).all()
     assert (two_seeds["val_acc_ci_low"] <= two_seeds["val_acc_mean"]).all()
-    assert (s["wall_s"] > 0).all()
+    # the chain's lrs "constant" is lr's 0.05 and its mixup "off" is wd's winner: reused, not paid twice
+    reused = s[s["n_reused"] > 0]
+    assert sorted(reused["experiment"]) == ["all/lrs", "all/mixup"] and (reused["wall_s"] == 0).all()
+    assert (s.loc[s["n_reused"] == 0, "wall_s"] > 0).all()
 
 
 def _section(md: str, experiment: str) -> str:
