@@ -170,9 +170,9 @@ def main(argv: list[str] | None = None) -> int:
         validate(args)
         opts, given = options(args, args.data_dir)
         plan = plan_run(study, opts)  # the dry run and the run: one set of refusals, all before Ray starts
-        # on --resume, the plan with the saved experiment's options, which run() takes for what was left out
-        in_force = check_storage(plan, opts, given)
         check_writable(args.storage_path)  # a probe file written and deleted: an object store's errors show here
+        # on --resume, the plan with the saved experiment's options, which run() takes for what was left out
+        in_force = check_storage(plan, opts, given)  # (it reads the storage: the probe's one-line errors come first)
         if args.dry_run:
             print(catalog.dry_run(in_force), end="")
             return 0
