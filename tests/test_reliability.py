@@ -256,8 +256,9 @@ def test_bad_input_is_one_line_exit_2_and_overwrites_nothing(tmp_path):
         (["nope"], "unknown study 'nope'"),
         (["lr", "--storage-path", str(not_a_folder / "sub")], "is not writable"),
     ]
+    fresh = tmp_path / "fresh"  # bad data alone: a foreign experiment folder would be refused first
     for name, (folder, needle) in _bad_data_dirs(tmp_path).items():
-        cases.append((["lr", "--no-download", "--data-dir", str(folder)], needle))
+        cases.append((["lr", "--no-download", "--data-dir", str(folder), "--storage-path", str(fresh)], needle))
     for argv, needle in cases:
         if "--storage-path" not in argv:
             argv = [*argv, "--storage-path", str(storage)]
@@ -268,6 +269,7 @@ def test_bad_input_is_one_line_exit_2_and_overwrites_nothing(tmp_path):
         assert needle in lines[0], (argv, lines)
     assert (storage / "lr" / "keep.txt").read_text() == "precious"
     assert sorted(p.name for p in (storage / "lr").iterdir()) == ["keep.txt"]
+    assert not (fresh / "lr").exists()
 
 
 OOM_SCRIPT = """

@@ -274,17 +274,25 @@ def test_fused_study_gives_the_unfused_rows(smoke_packed, tmp_path):
     assert fused.groupby("trial_id")["epoch"].apply(list).tolist() == [[1, 2]] * 4
     merged = plain.merge(fused, on=key, suffixes=("_plain", "_fused"))
     assert len(merged) == len(plain) == len(fused) == 8
-    # Fused members agree with independent runs to rounding (tests/test_fused.py: 1e-4 on one step per epoch);
-    # a grouped convolution sums in another order, and 13 SGD steps of this BatchNorm network at lr 0.05
-    # amplify that to about 0.3% of the training loss after one epoch (measured), more after two.
+    # The group of one trains through the same kernels as train(): its rows equal the unfused run's. A member
+    # given another seed or configuration would be ~2% off at epoch 1 (seeds 0 and 1 here: 4.14 vs 4.05).
+    infos = _run_infos(tmp_path / "lrs")
+    alone, = [i["members"][0] for i in infos if len(i["members"]) == 1]
+    single = merged[(merged["config/schedule"] == alone["config"]["schedule"]) & (merged["seed"] == alone["config"]["seed"])]
+    for metric in ("train_loss", "train_acc", "val_loss", "val_acc"):
+        assert single[f"{metric}_fused"].to_numpy() == pytest.approx(single[f"{metric}_plain"].to_numpy(),
+                                                                     rel=1e-6), metric
+    # Members of the group of three agree with independent runs to rounding (tests/test_fused.py: 1e-4 on one
+    # step per epoch); a grouped convolution sums in another order, and 13 SGD steps of this BatchNorm network
+    # at lr 0.05 amplify that chaotically: measured 0.25-0.6% of the epoch-1 training loss on this machine's
+    # CPU, 2.1% on CI's (where the unfused run itself came out 1.7% away from this machine's), more at epoch 2.
     first = merged[merged["epoch"] == 1]
     for metric in ("train_loss", "val_loss"):
         assert first[f"{metric}_fused"].to_numpy() == pytest.approx(first[f"{metric}_plain"].to_numpy(),
-                                                                    rel=0.02), metric
+                                                                    rel=0.05), metric
     second = merged[merged["epoch"] == 2]
     assert second["train_loss_fused"].to_numpy() == pytest.approx(second["train_loss_plain"].to_numpy(), rel=0.15)
     assert set(fused["status"]) == {"finished"}
-    infos = _run_infos(tmp_path / "lrs")
     assert sorted(len(i["members"]) for i in infos) == [1, 3]  # 4 configurations in groups of at most 3
     record = json.loads((tmp_path / "lrs" / "study.json").read_text())
     assert record["fuse"] == 3
@@ -307,7 +315,10 @@ def test_resume_of_a_fused_study_after_the_driver_is_killed(tmp_path, isolated_r
     proc = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=600, env=isolated_ray.env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     df = pd.read_parquet(experiment / "results.parquet")
-    assert df["trial_id"].nunique() == 6 and set(df["status"]) == {"finished"}  # 3 lrs x 2 seeds, in 3 groups
+    assert df["trial_id"].nunique() == 6  # 3 lrs x 2 seeds, in 3 groups
+    status = df.groupby(["config/lr", "seed"])["status"].last()
+    # lr 0.5 may end with a validation loss above 46 nats on this data: diverged by the ranking rule, trained on
+    assert set(status.drop(0.5, level="config/lr")) == {"finished"} and set(status[0.5]) <= {"finished", "diverged"}
     assert df.groupby("trial_id")["epoch"].apply(list).tolist() == [[1, 2, 3]] * 6
     for name, text in done.items():  # a finished group was not trained again
         assert (experiment / name / "epochs.json").read_text() == text
