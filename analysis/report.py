@@ -489,7 +489,9 @@ def _cost_section(t: pd.DataFrame) -> list[Block]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__)
+    # (`tune-cifar-report` is this function too: pyproject's [project.scripts])
+    prog = "tune-cifar-report" if Path(sys.argv[0]).name == "tune-cifar-report" else "python -m analysis.report"
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__)
     parser.add_argument("results", help="one study's experiment folder or a results root")
     parser.add_argument("--out", help="output folder (default: RESULTS/report)")
     args = parser.parse_args(argv)

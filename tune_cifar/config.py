@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
+import io
 import math
 import numbers
+import re
+import tokenize
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
@@ -154,16 +158,50 @@ def _coerce(name: str, value: Any) -> Any:
         raise ConfigError(f"invalid {name}={value!r}: expected {kind}") from None
 
 
+# The fields that take one of a few names: --help lists them, and argparse refuses any other.
+CHOICES = {"model": MODEL_NAMES, "schedule": SCHEDULES, "mix": MIXES, "device": DEVICES, "precision": PRECISIONS}
+
+
+def field_comments() -> dict[str, str]:
+    """Each TrainConfig field's comment as written above (whole lines) and beside it: its --help text.
+
+    Read from the class's source, so the one place a field is explained is the line that defines it.
+    """
+    comments: dict[str, str] = {}
+    above: list[str] = []
+    for line in inspect.getsourcelines(TrainConfig)[0]:
+        text = line.strip()
+        if text.startswith("#"):
+            above.append(text.lstrip("#").strip())
+            continue
+        match = re.match(r"(\w+): \w+ = ", text)
+        if match is None:
+            above = []
+            continue
+        beside = [t.string.lstrip("#").strip() for t in tokenize.generate_tokens(io.StringIO(text).readline)
+                  if t.type == tokenize.COMMENT]
+        comments[match.group(1)] = " ".join(above + beside)
+        above = []
+    return comments
+
+
 def add_config_flags(parser: argparse.ArgumentParser, defaults: TrainConfig | None = None) -> None:
-    """One flag per config field, named after it (`weight_decay` -> `--weight-decay`)."""
+    """One flag per config field, named after it (`weight_decay` -> `--weight-decay`), whose help is the
+    field's comment, its default and its choices."""
     defaults = defaults or TrainConfig()
+    comments = field_comments()
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         default = getattr(defaults, f.name)
+        said = ("--" if default else "--no-") + flag[2:] if f.type == "bool" else default
+        help_text = f"{comments.get(f.name, f.name)} (default: {said})".replace("%", "%%")  # argparse formats help
         if f.type == "bool":
-            parser.add_argument(flag, dest=f.name, default=default, action=argparse.BooleanOptionalAction)
+            parser.add_argument(flag, dest=f.name, default=default, action=argparse.BooleanOptionalAction,
+                                help=help_text)
+        elif f.name in CHOICES:
+            parser.add_argument(flag, dest=f.name, default=default, choices=CHOICES[f.name], help=help_text)
         else:
-            parser.add_argument(flag, dest=f.name, default=default, metavar=f.type.upper())
+            parser.add_argument(flag, dest=f.name, default=default, metavar=f.type.upper(), help=help_text)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

@@ -39,7 +39,7 @@ SMOKE = dict(train=1000, test=200, classes=40, noise=30.0, label_noise=0.2, epoc
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python -m tune_cifar.run", description="Run a hyperparameter study with Ray Tune.",
+        prog=_prog(), description="Run a hyperparameter study with Ray Tune.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=f"studies (--list says more):\n{catalog.one_line_each()}\n\n--set accepts any TrainConfig field: "
                f"{catalog.settable_fields()}")
@@ -83,6 +83,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="fix a TrainConfig field for every trial, e.g. --set batch_size=256 (repeatable)")
     p.add_argument("--verbose", action="store_true", help="Tune's own trial tables instead of one progress line")
     return p.parse_args(argv)
+
+
+def _prog() -> str:
+    """The command as the user typed it: the `tune-cifar` script (pyproject's [project.scripts]) or the module."""
+    return "tune-cifar" if Path(sys.argv[0]).name == "tune-cifar" else "python -m tune_cifar.run"
 
 
 def validate(args: argparse.Namespace) -> None:
