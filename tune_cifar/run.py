@@ -43,8 +43,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=f"studies (--list says more):\n{catalog.one_line_each()}\n\n--set accepts any TrainConfig field: "
                f"{catalog.settable_fields()}")
-    p.add_argument("study", nargs="?", help="the study to run (see --list)")
-    p.add_argument("--list", action="store_true", help="list every study with what it varies and its size, then exit")
+    p.add_argument("study", nargs="?", help="the study to run: a name (see --list) or the path of a study file of "
+                   "your own (my_study.py; the contract is search_spaces/__init__.py's)")
+    p.add_argument("--list", action="store_true", help="list every study (or the one named) with what it varies and "
+                   "its size, then exit")
     p.add_argument("--dry-run", action="store_true",
                    help="print every trial's configuration and the totals; start nothing, write nothing")
     p.add_argument("--smoke", action="store_true",
@@ -166,8 +168,8 @@ def write_smoke(folder: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        if args.list:
-            print(catalog.listing(), end="")
+        if args.list:  # every study, or the one named (a study file's too)
+            print(catalog.listing([load_study(args.study)] if args.study else None), end="")
             return 0
         if not args.study:
             raise StudyError("name a study to run; `python -m tune_cifar.run --list` lists them")
