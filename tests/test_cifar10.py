@@ -135,6 +135,11 @@ def test_every_model_has_one_output_per_class_of_its_dataset(name, dataset, clas
     assert model(torch.zeros(2, 3, 32, 32)).shape == (2, classes)
 
 
+def test_mobilenet_on_cifar10_has_the_smaller_classifiers_parameters():
+    count = lambda dataset: sum(p.numel() for p in build_for(TrainConfig(dataset=dataset)).parameters())  # noqa: E731
+    assert (count("cifar100"), count("cifar10")) == (3_309_476, 3_217_226)  # 90 fewer outputs of 1,024 + 1
+
+
 def test_normalisation_is_the_statistics_of_the_datasets_own_training_split(tmp_path):
     a = D.read_cifar(D.write_synthetic(tmp_path / "a", 200, 10, dataset="cifar10", seed=1).parent, "cifar10")
     b = D.read_cifar(D.write_synthetic(tmp_path / "b", 200, 10, dataset="cifar100", seed=1).parent, "cifar100")
@@ -246,3 +251,36 @@ def test_a_cifar10_smoke_study_trains_ten_outputs_and_its_report_compares_with_n
     assert "not CIFAR-10; no published value applies" in md
     assert "**Data:** generated images, not CIFAR-10: 800 training, 200 validation and 200 test images of 10 classes" in md
     assert "(report)" not in md and "Table 3." not in md and re.search(r"dataset=cifar10", md)
+
+
+# --- the report ---------------------------------------------------------------------------------------
+
+
+def test_a_report_on_real_cifar10_names_it_and_compares_with_nothing_published(tmp_path):
+    from analysis.render import to_markdown
+    from analysis.report import build
+    from test_analysis_fixtures import write_study
+    from test_analysis_report import generated_study
+
+    generated_study(tmp_path, {"generated": False, "train_images": 50000, "test_images": 10000, "classes": 10},
+                    carried={"dataset": "cifar10"})
+    report = build(tmp_path, log=lambda msg: None)
+    md = to_markdown(report.blocks)
+    assert report.title == "Report: MobileNet on CIFAR-10, 1 study"
+    assert "**Data:** CIFAR-10: 40,000 training, 10,000 validation and 10,000 test images of 10 classes" in md
+    assert "**CIFAR-10:** this study trained on CIFAR-10; the report's published figures are CIFAR-100's" in md
+    assert "(report)" not in md and "The report's winner was" not in md and "Table 1." not in md
+    assert "Generated data" not in md and "dataset=cifar10" in md  # the Fixed line names it
+
+    # beside a CIFAR-100 study: each keeps its own columns, and each dataset is ranked apart
+    write_study(tmp_path, "wd", {"weight_decay": [0.0001, 0.0005]}, epochs=2)
+    report = build(tmp_path, log=lambda msg: None)
+    md = to_markdown(report.blocks)
+    assert report.title == "Report: MobileNet on CIFAR-10 and CIFAR-100, 2 studies"
+    lr, wd = md.split("(`lr`)")[1].split("\n## ")[0], md.split("(`wd`)")[1].split("\n## ")[0]
+    assert "(report)" not in lr and "val acc (report)" in wd
+    sections = [line for line in md.splitlines() if line.startswith("## Every configuration, ranked")]
+    assert sections == ["## Every configuration, ranked (CIFAR-10)", "## Every configuration, ranked (CIFAR-100)"]
+    ten = md.split("ranked (CIFAR-10)")[1].split("\n## ")[0]
+    assert "| lr |" in ten and "| wd |" not in ten and "0.6983" not in ten
+    assert {"tables/ranking_cifar10.md", "tables/ranking_cifar100.md"} <= set(report.files)
