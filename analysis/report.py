@@ -26,15 +26,16 @@ from analysis.tables import OURS_NOTE, Table, markdown_table, study_tables, tabl
 from search_spaces._report_best import BEST
 from tune_cifar.config import TrainConfig
 from tune_cifar.results import REUSED_FROM
-from tune_cifar.schema import CONFIGURATION_FIELDS, USED_ONLY_WHEN
+from tune_cifar.schema import CONFIGURATION_FIELDS, DATASET_TITLES, USED_ONLY_WHEN
 from tune_cifar.storage import is_uri, join, list_files, read_bytes, write_atomic
 
 MODEL_NAMES = {"mobilenet": "MobileNet", "mobilenetv2": "MobileNetV2", "resnet18": "ResNet-18"}
 # The report's winning configuration (its mixup study), on every configuration field: what every later
 # study is compared with. Left open: the run's length (ours may be shorter; differences are only given
-# between runs of one length), which 10,000 images were held out, and the arithmetic (fp32/bf16).
+# between runs of one length), which 10,000 images were held out, the arithmetic (fp32/bf16), and the dataset
+# (each dataset's configurations are ranked apart, against that configuration on their own dataset).
 REPORT_BEST = {k: v for k, v in TrainConfig.from_dict(BEST).to_dict().items()
-               if k in CONFIGURATION_FIELDS and k not in ("epochs", "split_seed", "precision")}
+               if k in CONFIGURATION_FIELDS and k not in ("epochs", "split_seed", "precision", "dataset")}
 METHOD = ("Every number is taken at a trial's final epoch. With several seeds per configuration we give "
           "the mean and a 95% Student-t confidence interval over seeds, and test whether the winner "
           "beats each other configuration beyond seed noise with a two-sided Welch's t-test (unequal "
@@ -64,13 +65,17 @@ def build(results: str | Path, log=print) -> Report:
     t = trials(df)
     s = summary(df)
     experiments = list(dict.fromkeys(df["experiment"]))
-    generated = [e for e in experiments if meta.get(e, {}).get("data", {}).get("generated")]
+    for e in experiments:  # what each trained on, with the dataset its configurations name
+        info = meta.get(e, {})
+        meta[e] = {**info, "data": {**info.get("data", {}), "dataset": dataset_of(df[df["experiment"] == e])}}
+    generated = [e for e in experiments if meta[e]["data"].get("generated")]
+    datasets = list(dict.fromkeys(meta[e]["data"]["dataset"] for e in experiments))
     report = Report(title=report_title(df, meta))
     report.files["tables/summary.csv"] = s.to_csv(index=False)
     report.files["tables/trials.csv"] = t.to_csv(index=False)
-    report.blocks += [Heading(1, report.title)] + ([Para(_generated_warning(generated, experiments))]
+    report.blocks += [Heading(1, report.title)] + ([Para(_generated_warning(generated, experiments, meta))]
                                                    if generated else [])
-    report.blocks += [Para(_intro(results, df)), Para(METHOD), Para(OURS_NOTE)]
+    report.blocks += [Para(_intro(results, df, datasets)), Para(METHOD), Para(OURS_NOTE)]
     for number, experiment in enumerate(experiments, start=1):
         log(f"report: {experiment}")
         report.blocks += _study_section(number, experiment, df[df["experiment"] == experiment],
@@ -80,16 +85,32 @@ def build(results: str | Path, log=print) -> Report:
     for name, chain in chains.items():
         across += _chain_section(name, chain, t, s, meta)
     across += _budget_section(df, meta, report)
-    across += _ranking_section(t, s, report, published=not generated)
+    for dataset in datasets:  # configurations are ranked against others of their own dataset only
+        ran = [e for e in experiments if meta[e]["data"]["dataset"] == dataset]
+        across += _ranking_section(t[t["experiment"].isin(ran)], s[s["experiment"].isin(ran)], report,
+                                   published=published_applies(dataset, generated), dataset=dataset,
+                                   alone=len(datasets) == 1)
     across += _cost_section(t)
     if generated:
-        note = _generated_note(generated, experiments)
+        note = _generated_note(generated, experiments, meta)
         across = _stamped(across, note)
-        for rel in ("tables/ranking.md", "tables/budget.md"):
+        for rel in [r for r in report.files if r.startswith("tables/ranking")] + ["tables/budget.md"]:
             if rel in report.files:
                 report.files[rel] += f"\n{note}\n"
     report.blocks += across
     return report
+
+
+def dataset_of(df: pd.DataFrame) -> str:
+    """The dataset an experiment's trials trained on (TrainConfig.dataset); results from before the field
+    are CIFAR-100's, the only dataset there was."""
+    values = df["config/dataset"].dropna() if "config/dataset" in df else ()
+    return str(values.iloc[0]) if len(values) else "cifar100"
+
+
+def published_applies(dataset: str, generated: list[str]) -> bool:
+    """The report's figures are CIFAR-100's: compared with real CIFAR-100 results only."""
+    return dataset == "cifar100" and not generated
 
 
 def report_title(df: pd.DataFrame, meta: dict) -> str:
@@ -97,33 +118,48 @@ def report_title(df: pd.DataFrame, meta: dict) -> str:
     data = [meta.get(e, {}).get("data", {}) for e in dict.fromkeys(df["experiment"])]
     generated = [d for d in data if d.get("generated")]
     classes = sorted({d["classes"] for d in generated if d.get("classes")})
-    on = "CIFAR-100"
+    formats = sorted({DATASET_TITLES[d.get("dataset", "cifar100")] for d in generated} - {"CIFAR-100"})
+    real = list(dict.fromkeys(DATASET_TITLES[d.get("dataset", "cifar100")] for d in data if not d.get("generated")))
+    parts = []
     if generated:
-        on = "generated data" + (f" ({', '.join(map(str, classes))} classes)" if classes else "")
-        on += " and CIFAR-100" if len(generated) < len(data) else ""
+        details = ([f"{', '.join(map(str, classes))} classes"] if classes else []) + [f"{f} format" for f in formats]
+        parts.append("generated data" + (f" ({', '.join(details)})" if details else ""))
+    on = " and ".join(parts + real)
     models = ", ".join(MODEL_NAMES.get(m, m) for m in dict.fromkeys(df["config/model"].dropna()))
     n = len(data)
-    kind = "Report" if generated else "Reproduction report"
+    kind = "Reproduction report" if not generated and real == ["CIFAR-100"] else "Report"
     return f"{kind}: {models} on {on}, {n} stud{'y' if n == 1 else 'ies'}"
 
 
-def _generated_note(generated: list[str], experiments: list[str]) -> str:
+def _titles(experiments: list[str], meta: dict) -> str:
+    """`CIFAR-100`, `CIFAR-10 or CIFAR-100`: the datasets these experiments' data stands in for."""
+    return " or ".join(dict.fromkeys(DATASET_TITLES[meta.get(e, {}).get("data", {}).get("dataset", "cifar100")]
+                                     for e in experiments))
+
+
+def _generated_note(generated: list[str], experiments: list[str], meta: dict) -> str:
     """Said under every table the generated experiments reach (one study's, or those over all of them)."""
     which = ("this study" if len(experiments) == 1 else "every study here" if generated == experiments
              else ", ".join(f"`{e}`" for e in generated))
     return (f"**Generated data:** {which} trained on generated images (`--smoke` or `python -m tune_cifar.data "
-            "synthetic`), not CIFAR-100; no published value applies.")
+            f"synthetic`), not {_titles(generated, meta)}; no published value applies.")
 
 
-def _generated_warning(generated: list[str], experiments: list[str]) -> str:
-    return (_generated_note(generated, experiments) + " These numbers show that the pipeline learns; they say "
-            "nothing about CIFAR-100, so the published columns and comparisons are left out of those studies. "
-            "Each study's **Data** line gives its image counts.")
+def _generated_warning(generated: list[str], experiments: list[str], meta: dict) -> str:
+    return (_generated_note(generated, experiments, meta) + " These numbers show that the pipeline learns; they "
+            f"say nothing about {_titles(generated, meta)}, so the published columns and comparisons are left out of "
+            "those studies. Each study's **Data** line gives its image counts.")
+
+
+def _other_dataset_note(dataset: str) -> str:
+    return (f"**{DATASET_TITLES[dataset]}:** this study trained on {DATASET_TITLES[dataset]}; the report's "
+            "published figures are CIFAR-100's, so no published value applies.")
 
 
 def _data_line(df: pd.DataFrame, data: dict) -> str:
     """The data a study trained on, with its real sizes (the validation images come out of the training set)."""
-    what = "generated images, not CIFAR-100" if data.get("generated") else "CIFAR-100"
+    title = DATASET_TITLES[data.get("dataset", "cifar100")]
+    what = f"generated images, not {title}" if data.get("generated") else title
     if "train_images" not in data:
         return f"**Data:** {what}"
     fraction = float(df["config/val_fraction"].iloc[0]) if "config/val_fraction" in df else 0.0
@@ -170,12 +206,14 @@ def write_report(results: str | Path, out: str | Path | None = None, log=print) 
     return {name: join(out, Path(p).relative_to(tmp).as_posix()) for name, p in paths.items()}
 
 
-def _intro(results: Path, df: pd.DataFrame) -> str:
+def _intro(results: Path, df: pd.DataFrame, datasets: list[str]) -> str:
+    others = [DATASET_TITLES[d] for d in datasets if d != "cifar100"]
     return (f"Results read from `{results}`: {df['experiment'].nunique()} experiment(s), "
             f"{df.groupby('experiment')['trial_id'].nunique().sum()} trial(s). The reference is the NTU AI6103 "
             "report (2023), which trained MobileNet v1 on a 40,000/10,000 split of CIFAR-100's training set "
             "with SGD (batch 128, momentum 0.9), one seed per configuration, each study carrying the "
-            "previous winner forward.")
+            "previous winner forward." + (f" Studies on {' and '.join(others)} have no published figure to compare "
+                                          "with, and are ranked apart." if others else ""))
 
 
 def _study_section(number: int, experiment: str, df: pd.DataFrame, t: pd.DataFrame, s: pd.DataFrame,
@@ -184,12 +222,14 @@ def _study_section(number: int, experiment: str, df: pd.DataFrame, t: pd.DataFra
     metric, mode = meta.get("metric", "val_acc"), meta.get("mode", "max")
     keys = _rank_keys(s, meta)
     data = meta.get("data", {})
-    note = _generated_note([experiment], [experiment]) if data.get("generated") else None
+    dataset = data.get("dataset", "cifar100")
+    note = (_generated_note([experiment], [experiment], {experiment: meta}) if data.get("generated")
+            else _other_dataset_note(dataset) if not published_applies(dataset, []) else None)
     blocks: list[Block] = [Heading(2, f"{number}. {study_title(study, meta)} (`{experiment}`)")]
     if meta.get("description"):
         blocks.append(Para(meta["description"]))
     blocks.append(Bullets(tuple(_setup(df, s, meta, metric, mode) + [_data_line(df, data)])))
-    for table in study_tables(s, study, published=note is None):  # generated data: no published columns
+    for table in study_tables(s, study, published=note is None):  # generated data, CIFAR-10: no published columns
         table.notes[:0] = [note] if note else []  # right under the table, and in its .md file
         blocks += _table_blocks(table, experiment, report)
     blocks += [Heading(3, "Figures")] + _figures(experiment, study, df, meta, report)
@@ -378,10 +418,11 @@ def _budget_section(df: pd.DataFrame, meta: dict, report: Report) -> list[Block]
             Grid(header, rows), Para(budget.sentence(b)), Image("figures/budget.png", "best found against budget")]
 
 
-def _ranking_section(t: pd.DataFrame, s: pd.DataFrame, report: Report, published: bool = True) -> list[Block]:
-    """Every configuration ever run, ranked by tune_cifar.ranking's rule on validation accuracy, against
-    our run of the report's best configuration (its published figures only where no study ran on
-    generated data)."""
+def _ranking_section(t: pd.DataFrame, s: pd.DataFrame, report: Report, published: bool = True,
+                     dataset: str = "cifar100", alone: bool = True) -> list[Block]:
+    """Every configuration run on `dataset`, ranked by tune_cifar.ranking's rule on validation accuracy,
+    against our run of the report's best configuration (its published figures only on real CIFAR-100).
+    With more than one dataset, one section each (`alone` False): heading and file name say which."""
     counted, also = _without_reused(t, s[s["n_counted"] > 0])
     ranked_rows = ranked(counted, "val_acc", "max", [c for c in s.columns if c.startswith("config/")])
     if len(ranked_rows) < 2:
@@ -403,10 +444,11 @@ def _ranking_section(t: pd.DataFrame, s: pd.DataFrame, report: Report, published
                      _with_ci(r, "val_acc"), _with_ci(r, "test_acc"), diff, test))
     header = ("rank", "study", "configuration", "seeds", "epochs", "val acc", "test acc",
               "val acc vs report's best", "Welch vs report's best")
-    report.files["tables/ranking.md"] = markdown_table(list(header), [list(r) for r in rows]) + "\n"
+    report.files["tables/ranking.md" if alone else f"tables/ranking_{dataset}.md"] = markdown_table(
+        list(header), [list(r) for r in rows]) + "\n"
     where = (f"{ref['experiment']}: {ref['configuration']}, {ref['n_counted']} seed(s)" if ref is not None
              else "not run here, so no difference is given")
-    return [Heading(2, "Every configuration, ranked"),
+    return [Heading(2, "Every configuration, ranked" + ("" if alone else f" ({DATASET_TITLES[dataset]})")),
             Para("All configurations that reached their final epoch, by the one ranking rule: best mean final-epoch "
                  "validation accuracy first (+/- 95% CI half-width over seeds), a configuration with a diverged "
                  "seed below every one without. The report's best configuration is MobileNet, lr 0.05, cosine, "
@@ -489,7 +531,9 @@ def _cost_section(t: pd.DataFrame) -> list[Block]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__)
+    # (`tune-cifar-report` is this function too: pyproject's [project.scripts])
+    prog = "tune-cifar-report" if Path(sys.argv[0]).name == "tune-cifar-report" else "python -m analysis.report"
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__)
     parser.add_argument("results", help="one study's experiment folder or a results root")
     parser.add_argument("--out", help="output folder (default: RESULTS/report)")
     args = parser.parse_args(argv)

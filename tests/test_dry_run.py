@@ -33,7 +33,7 @@ def _cli(argv, monkeypatch):
 
     for name in ("write_smoke", "_start_ray"):
         monkeypatch.setattr(cli, name, started)
-    for name in ("read_cifar100", "download_cifar100"):
+    for name in ("read_cifar", "download_cifar"):  # (load_cifar reads and downloads through these)
         monkeypatch.setattr(cifar_data, name, started)
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):

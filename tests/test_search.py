@@ -69,7 +69,8 @@ def test_bounds_outside_the_config_are_one_clear_error(tmp_path, monkeypatch):
         validate_space({"momentum": tune.uniform(0.5, 2.0)}, TrainConfig())
     validate_space({"momentum": tune.uniform(0.5, 1.0)}, TrainConfig())  # [0.5, 1) never draws 1
     (tmp_path / "neglr.py").write_text("from ray import tune\nSPACE = {'lr': tune.loguniform(-1, 1)}\n")
-    (tmp_path / "badwd.py").write_text("from ray import tune\nSPACE = {'weight_decay': tune.uniform(-0.1, 0.1)}\n")
+    (tmp_path / "badwd.py").write_text("from ray import tune\nDESCRIPTION = 'negative weight decay'\n"
+                                       "SPACE = {'weight_decay': tune.uniform(-0.1, 0.1)}\n")
     monkeypatch.setattr(search_spaces, "__path__", [*search_spaces.__path__, str(tmp_path)])
     with pytest.raises(StudyError, match=r"search_spaces/neglr.py cannot be loaded: ValueError: LogUniform requires"):
         load_study("neglr")

@@ -31,7 +31,7 @@ def test_unknown_study_lists_the_available_ones():
 def test_adding_a_study_is_adding_a_file(tmp_path, monkeypatch):
     (tmp_path / "momentum.py").write_text(
         'DESCRIPTION = "momentum"\nBASE = dict(epochs=3)\nSPACE = {"momentum": [0.8, 0.95]}\n')
-    (tmp_path / "broken.py").write_text('SPACE = {"lr": [0.1, -1]}\n')
+    (tmp_path / "broken.py").write_text('DESCRIPTION = "broken"\nSPACE = {"lr": [0.1, -1]}\n')
     monkeypatch.setattr(search_spaces, "__path__", [*search_spaces.__path__, str(tmp_path)])
     monkeypatch.delitem(sys.modules, "search_spaces.momentum", raising=False)
     study = load_study("momentum")

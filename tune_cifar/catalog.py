@@ -79,11 +79,12 @@ def varies(study: Study) -> str:
     return "; ".join(f"{k} in {search.describe(v)}" for k, v in study.space.items())
 
 
-def listing() -> str:
-    """Every study: description, what varies, epochs, trials and trial-epochs (a chain per step and in total)."""
+def listing(studies: list[Study] | None = None) -> str:
+    """Every study (or `studies`): description, what varies, epochs, trials and trial-epochs (a chain per step
+    and in total)."""
     lines = []
-    for name in study_order():
-        study = load_study(name)
+    for study in studies or [load_study(name) for name in study_order()]:
+        name = study.name
         lines.append(f"{name}: {study.title}")
         lines.append(f"    {study.description}")
         if study.chain:

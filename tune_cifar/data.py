@@ -1,4 +1,4 @@
-"""CIFAR-100 in its python release format, split and augmented as batched tensor ops on the device.
+"""CIFAR-100 and CIFAR-10 in their python release formats, split and augmented as batched tensor ops on the device.
 
 The whole split sits on the training device as uint8 (40,000 x 3 x 32 x 32 = 123 MB); each step
 gathers a batch, crops, flips and normalises it there, so no step waits on a host-side loader.
@@ -18,22 +18,59 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from tune_cifar.schema import DATASET_CLASSES, DATASET_TITLES, DATASETS
 from tune_cifar.storage import write_atomic
 
-NUM_CLASSES = 100
+NUM_CLASSES = 100  # CIFAR-100's; a dataset's own is DATASET_CLASSES[name]
 IMAGE_SHAPE = (3, 32, 32)
 PAD = 4  # zero padding before the random 32x32 crop
-RELEASE_DIR = "cifar-100-python"
 SYNTHETIC_LABEL = "synthetic"  # write_synthetic's batch_label starts with it; the release's say "training batch"
 
 
+@dataclass(frozen=True)
+class Release:
+    """Where a dataset's python release keeps what, under `data_dir` (the files torchvision downloads)."""
+
+    name: str  # TrainConfig.dataset
+    folder: str  # the release's folder under data_dir
+    train_files: tuple[str, ...]  # pickles whose images, in order, are the 50,000-image training set
+    test_file: str
+    meta_file: str
+    label_key: str  # the split files' list of labels
+    names_key: str  # the meta file's list of class names
+    torchvision_class: str  # the torchvision.datasets class that downloads it and checks its md5 sums
+    url: str
+
+    @property
+    def title(self) -> str:
+        return DATASET_TITLES[self.name]
+
+    @property
+    def classes(self) -> int:
+        return DATASET_CLASSES[self.name]
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        return (*self.train_files, self.test_file, self.meta_file)
+
+
+RELEASES = {
+    "cifar100": Release("cifar100", "cifar-100-python", ("train",), "test", "meta", "fine_labels", "fine_label_names",
+                        "CIFAR100", "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"),
+    "cifar10": Release("cifar10", "cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)), "test_batch",
+                       "batches.meta", "labels", "label_names", "CIFAR10",
+                       "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"),
+}
+assert tuple(RELEASES) == DATASETS
+
+
 class DataError(RuntimeError):
-    """The dataset folder is missing, incomplete or not CIFAR-100-shaped; the message says what to do."""
+    """The dataset folder is missing, incomplete or not in the release's shape; the message says what to do."""
 
 
 @dataclass
 class CifarData:
-    """The release as uint8 arrays: images (N, 3, 32, 32), fine labels (N,) int64."""
+    """The release as uint8 arrays: images (N, 3, 32, 32), labels (N,) int64 (CIFAR-100's fine labels)."""
 
     train_x: np.ndarray
     train_y: np.ndarray
@@ -41,58 +78,67 @@ class CifarData:
     test_y: np.ndarray
     class_names: list[str]
     source: str = ""
-    generated: bool = False  # written by write_synthetic (its files say so), not the CIFAR-100 release
+    generated: bool = False  # written by write_synthetic (its files say so), not the real release
+    dataset: str = "cifar100"  # whose release format (and so whose classes) this is: a TrainConfig.dataset
     # This copy's identity, kept through pickling (Ray's object store): what device_data() caches by.
     key: str = field(default_factory=lambda: uuid.uuid4().hex, compare=False, repr=False)
+
+
+def require_dataset(have: str, want: str) -> None:
+    """A run of `want` on data of `have` would size its classifier for the wrong labels: refused by name."""
+    if have != want:
+        raise DataError(f"the configuration trains on {DATASET_TITLES[want]} (dataset={want}), but the data given is "
+                        f"{DATASET_TITLES[have]}; load the data with dataset={want!r}")
 
 
 # ---------------------------------------------------------------------------------------------
 # Reading, downloading, writing the python release format
 
 
-def _read_pickle(path: Path) -> dict:
+def _read_pickle(path: Path, release: Release) -> dict:
     if not path.is_file():
-        raise DataError(f"{path} is missing; pass --data-dir pointing at a folder holding {RELEASE_DIR}/")
+        raise DataError(f"{path} is missing; pass --data-dir pointing at a folder holding {release.folder}/")
     try:
         with open(path, "rb") as f:
             raw = pickle.load(f, encoding="latin1")
     except Exception as e:  # truncated or foreign files raise many different errors
         raise DataError(
-            f"cannot read {path} ({type(e).__name__}): the file is truncated or not a CIFAR-100 pickle; "
+            f"cannot read {path} ({type(e).__name__}): the file is truncated or not a {release.title} pickle; "
             f"delete {path.parent} and download or regenerate it"
         ) from None
     if not isinstance(raw, dict):
-        raise DataError(f"{path} holds a {type(raw).__name__}, not a CIFAR-100 dict; delete it and regenerate")
+        raise DataError(f"{path} holds a {type(raw).__name__}, not a {release.title} dict; delete it and regenerate")
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in raw.items()}
 
 
-def _read_split(path: Path) -> tuple[np.ndarray, np.ndarray, str]:
+def _read_split(path: Path, release: Release) -> tuple[np.ndarray, np.ndarray, str]:
     """Images, labels and the file's batch_label ("synthetic train (seed 0)" for generated data)."""
-    d = _read_pickle(path)
-    for key in ("data", "fine_labels"):
+    d = _read_pickle(path, release)
+    for key in ("data", release.label_key):
         if key not in d:
-            raise DataError(f"{path} has no '{key}' entry; it is not a CIFAR-100 split file")
+            raise DataError(f"{path} has no '{key}' entry; it is not a {release.title} split file")
     data = np.asarray(d["data"])
-    labels = np.asarray(d["fine_labels"], dtype=np.int64)
+    labels = np.asarray(d[release.label_key], dtype=np.int64)
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
         raise DataError(
             f"{path}: 'data' is {data.dtype} of shape {data.shape}, expected uint8 of shape (N, 3072)"
         )
     if len(labels) != len(data):
         raise DataError(f"{path}: {len(data)} images but {len(labels)} labels")
-    if len(labels) and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
-        raise DataError(f"{path}: labels outside 0..{NUM_CLASSES - 1}")
+    if len(labels) and (labels.min() < 0 or labels.max() >= release.classes):
+        raise DataError(f"{path}: labels outside 0..{release.classes - 1}")
     return data.reshape(-1, *IMAGE_SHAPE), labels, str(d.get("batch_label", ""))  # rows channel-major: R, G, B
 
 
-def read_cifar100(data_dir: str | os.PathLike) -> CifarData:
-    root = Path(data_dir) / RELEASE_DIR
-    train_x, train_y, label = _read_split(root / "train")
-    test_x, test_y, _ = _read_split(root / "test")
-    meta = _read_pickle(root / "meta")
-    names = list(meta.get("fine_label_names", [str(i) for i in range(NUM_CLASSES)]))
-    return CifarData(train_x, train_y, test_x, test_y, names, source=str(root),
-                     generated=label.startswith(SYNTHETIC_LABEL))
+def read_cifar(data_dir: str | os.PathLike, dataset: str = "cifar100") -> CifarData:
+    release = RELEASES[dataset]
+    root = Path(data_dir) / release.folder
+    parts = [_read_split(root / name, release) for name in release.train_files]  # CIFAR-10: five batches
+    test_x, test_y, _ = _read_split(root / release.test_file, release)
+    meta = _read_pickle(root / release.meta_file, release)
+    names = list(meta.get(release.names_key, [str(i) for i in range(release.classes)]))
+    return CifarData(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), test_x, test_y,
+                     names, source=str(root), generated=parts[0][2].startswith(SYNTHETIC_LABEL), dataset=dataset)
 
 
 def data_summary(data: CifarData) -> dict:
@@ -101,36 +147,44 @@ def data_summary(data: CifarData) -> dict:
             "classes": int(len(np.unique(data.train_y)))}
 
 
-def has_dataset(data_dir: str | os.PathLike) -> bool:
-    root = Path(data_dir) / RELEASE_DIR
-    return any((root / name).exists() for name in ("train", "test", "meta"))
+def has_dataset(data_dir: str | os.PathLike, dataset: str = "cifar100") -> bool:
+    release = RELEASES[dataset]
+    root = Path(data_dir) / release.folder
+    return any((root / name).exists() for name in release.files)
 
 
-def load_cifar100(data_dir: str | os.PathLike, download: bool = True) -> CifarData:
-    """Read the release from `data_dir`, downloading the real one first if the folder has none."""
-    if not has_dataset(data_dir):
+def load_cifar(data_dir: str | os.PathLike, download: bool = True, dataset: str = "cifar100") -> CifarData:
+    """Read the release of `dataset` from `data_dir`, downloading the real one first if the folder has none."""
+    release = RELEASES[dataset]
+    if not has_dataset(data_dir, dataset):
         if not download:
             raise DataError(
-                f"no CIFAR-100 in {data_dir}/{RELEASE_DIR}: allow downloading (drop --no-download), "
+                f"no {release.title} in {data_dir}/{release.folder}: allow downloading (drop --no-download), "
                 f"pass --data-dir with the python release, or generate data with "
-                f"`python -m tune_cifar.data synthetic --out {data_dir}`"
+                f"`python -m tune_cifar.data synthetic --dataset {dataset} --out {data_dir}`"
             )
-        download_cifar100(data_dir)
-    return read_cifar100(data_dir)
+        download_cifar(data_dir, dataset)
+    return read_cifar(data_dir, dataset)
 
 
-def download_cifar100(data_dir: str | os.PathLike) -> None:
-    from torchvision.datasets import CIFAR100  # checks the release's md5 sums
+def download_cifar(data_dir: str | os.PathLike, dataset: str = "cifar100") -> None:
+    import torchvision.datasets  # its CIFAR10 / CIFAR100 check the release's md5 sums
 
-    print(f"downloading CIFAR-100 into {data_dir} ...", file=sys.stderr)
+    release = RELEASES[dataset]
+    fetch = getattr(torchvision.datasets, release.torchvision_class)
+    print(f"downloading {release.title} into {data_dir} ...", file=sys.stderr)
     try:
-        CIFAR100(root=str(data_dir), train=True, download=True)
-        CIFAR100(root=str(data_dir), train=False, download=True)
+        fetch(root=str(data_dir), train=True, download=True)
+        fetch(root=str(data_dir), train=False, download=True)
     except Exception as e:
         raise DataError(
-            f"could not download CIFAR-100 into {data_dir} ({e}); download "
-            f"https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz by hand and unpack it there"
+            f"could not download {release.title} into {data_dir} ({e}); download {release.url} by hand and "
+            f"unpack it there"
         ) from None
+
+
+# The names from before CIFAR-10, for callers that read CIFAR-100 (dataset's default).
+read_cifar100, load_cifar100, download_cifar100 = read_cifar, load_cifar, download_cifar
 
 
 def synthetic_images(labels: np.ndarray, seed: int, noise: float = 20.0) -> np.ndarray:
@@ -149,18 +203,23 @@ def synthetic_images(labels: np.ndarray, seed: int, noise: float = 20.0) -> np.n
 
 
 def write_synthetic(out: str | os.PathLike, num_train: int = 2000, num_test: int = 500, seed: int = 0,
-                    classes: int = NUM_CLASSES, noise: float = 20.0, label_noise: float = 0.0) -> Path:
-    """Write a dataset in the exact CIFAR-100 python format (pickles `train`, `test`, `meta`).
+                    classes: int | None = None, noise: float = 20.0, label_noise: float = 0.0,
+                    dataset: str = "cifar100") -> Path:
+    """Write a dataset in the exact python format of `dataset`'s release; return its folder.
 
-    `classes`: how many of the 100 labels occur (balanced), so a small set has enough images per
-    class to learn from; `noise`: the pixel noise's std (0..255 units), i.e. how hard it is to see;
-    `label_noise`: the share of images (in every split) whose label is redrawn at random, which caps
-    the reachable accuracy below 1 and rewards regularisation, as real labels do.
+    CIFAR-100's: pickles `train`, `test`, `meta` (`fine_labels`, `coarse_labels`; `fine_label_names`).
+    CIFAR-10's: `data_batch_1`..`data_batch_5` (the training images in five near-equal parts), `test_batch`,
+    `batches.meta` (`labels`; `label_names`). `classes`: how many of the dataset's labels occur (balanced;
+    default all), so a small set has enough images per class to learn from; `noise`: the pixel noise's std
+    (0..255 units), i.e. how hard it is to see; `label_noise`: the share of images (in every split) whose
+    label is redrawn at random, which caps the reachable accuracy below 1 and rewards regularisation, as
+    real labels do.
     """
-    root = Path(out) / RELEASE_DIR
+    release = RELEASES[dataset]
+    classes = release.classes if classes is None else classes
+    root = Path(out) / release.folder
     root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    coarse_of_fine = np.arange(NUM_CLASSES) // 5
     for name, n, split_seed in (("train", num_train, seed), ("test", num_test, seed + 1)):
         labels = np.resize(np.arange(classes), n)  # balanced classes
         rng.shuffle(labels)
@@ -169,19 +228,21 @@ def write_synthetic(out: str | os.PathLike, num_train: int = 2000, num_test: int
             flipped = rng.random(n) < label_noise
             labels = labels.copy()
             labels[flipped] = rng.integers(0, classes, int(flipped.sum()))
-        payload = {
-            "filenames": [f"synthetic_{name}_{i}.png" for i in range(n)],
-            "batch_label": f"{SYNTHETIC_LABEL} {name} (seed {seed})",  # how read_cifar100 tells it is generated
-            "fine_labels": labels.tolist(),
-            "coarse_labels": coarse_of_fine[labels].tolist(),
-            "data": images.reshape(n, -1),
-        }
-        _atomic_pickle(payload, root / name)
-    meta = {
-        "fine_label_names": [f"class_{i:02d}" for i in range(NUM_CLASSES)],
-        "coarse_label_names": [f"superclass_{i:02d}" for i in range(NUM_CLASSES // 5)],
-    }
-    _atomic_pickle(meta, root / "meta")
+        files = release.train_files if name == "train" else (release.test_file,)
+        for file, rows in zip(files, np.array_split(np.arange(n), len(files))):
+            coarse = {"coarse_labels": (labels[rows] // 5).tolist()} if dataset == "cifar100" else {}
+            payload = {
+                "filenames": [f"synthetic_{name}_{i}.png" for i in rows],
+                "batch_label": f"{SYNTHETIC_LABEL} {name} (seed {seed})",  # how read_cifar tells it is generated
+                release.label_key: labels[rows].tolist(),
+                **coarse,
+                "data": images[rows].reshape(len(rows), -1),
+            }
+            _atomic_pickle(payload, root / file)
+    meta = {release.names_key: [f"class_{i:02d}" for i in range(release.classes)]}
+    if dataset == "cifar100":
+        meta["coarse_label_names"] = [f"superclass_{i:02d}" for i in range(release.classes // 5)]
+    _atomic_pickle(meta, root / release.meta_file)
     return root
 
 
@@ -270,12 +331,14 @@ class EpochPlan:
 
 
 class DeviceData:
-    """The train/val/test splits resident on `device` as uint8, with the split's normalisation."""
+    """The train/val/test splits resident on `device` as uint8, with the split's normalisation: the channel
+    statistics of this dataset's own training split (CIFAR-10's are not CIFAR-100's), never a constant."""
 
     def __init__(self, data: CifarData, val_fraction: float, split_seed: int, device: torch.device):
         train_idx, val_idx = split_indices(len(data.train_x), val_fraction, split_seed)
         train_x = torch.from_numpy(data.train_x[train_idx])
         self.mean, self.std = (t.to(device) for t in channel_stats(train_x))
+        self.dataset = data.dataset
         self.device = device
         self.train_x = train_x.to(device)
         self.train_y = torch.from_numpy(data.train_y[train_idx]).to(device)
@@ -326,25 +389,31 @@ def device_data(data: CifarData, val_fraction: float, split_seed: int, device: t
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tune_cifar.data", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    syn = sub.add_parser("synthetic", help="write a generated, learnable dataset in CIFAR-100's python format")
-    syn.add_argument("--out", required=True, help="folder to write cifar-100-python/ into")
+    syn = sub.add_parser("synthetic", help="write a generated, learnable dataset in a release's python format")
+    syn.add_argument("--out", required=True, help="folder to write the release's folder (cifar-100-python/...) into")
+    syn.add_argument("--dataset", choices=DATASETS, default="cifar100",
+                     help="whose format and classes: cifar100 (cifar-100-python/) or cifar10 (cifar-10-batches-py/)")
     syn.add_argument("--train", type=int, default=2000, help="training images (default 2000)")
     syn.add_argument("--test", type=int, default=500, help="test images (default 500)")
     syn.add_argument("--seed", type=int, default=0)
-    syn.add_argument("--classes", type=int, default=NUM_CLASSES, help="labels that occur, 1..100 (default 100)")
+    syn.add_argument("--classes", type=int, help="labels that occur, 1..the dataset's (default: all, 100 or 10)")
     syn.add_argument("--noise", type=float, default=20.0, help="pixel noise std, 0..255 units (default 20)")
     syn.add_argument("--label-noise", type=float, default=0.0, help="share of labels redrawn at random (default 0)")
     args = parser.parse_args(argv)
+    release = RELEASES[args.dataset]
+    classes = release.classes if args.classes is None else args.classes
     if args.train < 2 or args.test < 1:
         parser.error("--train must be >= 2 and --test >= 1")
-    if not 1 <= args.classes <= NUM_CLASSES or args.noise < 0 or not 0 <= args.label_noise <= 1:
-        parser.error("--classes must be in 1..100, --noise >= 0 and --label-noise in [0, 1]")
-    if has_dataset(args.out):
-        print(f"error: {Path(args.out) / RELEASE_DIR} already holds a dataset; choose another --out or delete it",
+    if not 1 <= classes <= release.classes or args.noise < 0 or not 0 <= args.label_noise <= 1:
+        parser.error(f"--classes must be in 1..{release.classes}, --noise >= 0 and --label-noise in [0, 1]")
+    if has_dataset(args.out, args.dataset):
+        print(f"error: {Path(args.out) / release.folder} already holds a dataset; choose another --out or delete it",
               file=sys.stderr)
         return 2
-    root = write_synthetic(args.out, args.train, args.test, args.seed, args.classes, args.noise, args.label_noise)
-    print(f"wrote {args.train} train and {args.test} test images to {root}", file=sys.stderr)
+    root = write_synthetic(args.out, args.train, args.test, args.seed, classes, args.noise, args.label_noise,
+                           args.dataset)
+    print(f"wrote {args.train} train and {args.test} test images of {release.title}'s format to {root}",
+          file=sys.stderr)
     return 0
 
 

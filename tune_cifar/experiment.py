@@ -91,6 +91,11 @@ class Plan:
     seeds: tuple[int, ...]  # every configuration runs once with each
     overrides: dict[str, Any]  # the run's TrainConfig settings over every study's base (--set, --epochs, ...)
 
+    @property
+    def dataset(self) -> str:
+        """What every trial trains on (plan_run refuses a plan of two): the runner loads it before Ray starts."""
+        return self.steps[0].base.dataset
+
 
 def plan_run(study: Study, opts: RunOptions) -> Plan:
     """Every refusal a run makes before Ray starts, and what it would run: the one path that both
@@ -107,10 +112,20 @@ def plan_run(study: Study, opts: RunOptions) -> Plan:
             raise ConfigError(f"--set {varied[0]}={extra[varied[0]]} fixes {varied[0]}, which {where} varies "
                               f"({search.describe(sub.space[varied[0]])}); drop it, or run a study that does not "
                               f"vary {varied[0]}")
+        if "dataset" in sub.space:
+            raise ConfigError(f"the {sub.name!r} study varies dataset ({search.describe(sub.space['dataset'])}): a run "
+                              f"loads one dataset before its trials start; run the study once per dataset instead "
+                              f"(--set dataset=NAME over a study that fixes the rest)")
     if "seed" in extra and opts.seeds > 1:
         raise ConfigError(f"--set seed={extra['seed']} with --seeds {opts.seeds}: --seeds runs every configuration "
                           f"with seeds 0..{opts.seeds - 1}; pass one of the two")
-    return Plan(study, tuple(plan_step(sub, opts) for sub in studies), run_seeds(opts), _overrides(opts))
+    steps = tuple(plan_step(sub, opts) for sub in studies)
+    datasets = {step.study.name: step.base.dataset for step in steps}
+    if len(set(datasets.values())) > 1:
+        raise ConfigError(f"the {study.name!r} chain's studies train on different datasets ("
+                          + ", ".join(f"{k}: {v}" for k, v in datasets.items()) + "); a chain carries winners on one "
+                          "dataset: pass --set dataset=NAME for all of them")
+    return Plan(study, steps, run_seeds(opts), _overrides(opts))
 
 
 def plan_step(study: Study, opts: RunOptions) -> Step:

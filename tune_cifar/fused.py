@@ -83,7 +83,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tune_cifar.config import ConfigError, TrainConfig
-from tune_cifar.data import CifarData, DeviceData, EpochPlan, crop_flip, normalise
+from tune_cifar.data import CifarData, DeviceData, EpochPlan, crop_flip, normalise, require_dataset
 from tune_cifar.fusion import FlatViews, fuse_models, fused_sgd_
 from tune_cifar.schema import CHECKPOINT_FIELDS
 from tune_cifar.schedules import PER_STEP, schedule_lr
@@ -91,8 +91,8 @@ from tune_cifar.train import (CheckpointMismatch, MixupPlan, OutOfMemory, TrainS
                               resolve_runtime, set_fp32_matmul)
 
 # Fields every member of a group must share: one network shape, one data stream, one arithmetic.
-GROUP_FIELDS = ("model", "epochs", "batch_size", "split_seed", "val_fraction", "data_dir", "download", "device",
-                "precision", "channels_last", "compile", "eval_batch_size")
+GROUP_FIELDS = ("dataset", "model", "epochs", "batch_size", "split_seed", "val_fraction", "data_dir", "download",
+                "device", "precision", "channels_last", "compile", "eval_batch_size")
 # Fields each member has for itself.
 MEMBER_FIELDS = ("lr", "schedule", "step_milestones", "step_gamma", "warmup_epochs", "weight_decay", "momentum",
                  "mixup_alpha", "seed")
@@ -100,6 +100,7 @@ MEMBER_FIELDS = ("lr", "schedule", "step_milestones", "step_gamma", "warmup_epoc
 # not at its default, until it is handled here: the fused loop cannot silently drop, say, label smoothing.
 SUPPORTED_FIELDS = GROUP_FIELDS + MEMBER_FIELDS
 FORMAT = "tune_cifar.fused/1"
+_DEFAULTS = TrainConfig().to_dict()
 
 
 def unsupported_fields(cfg: TrainConfig) -> list[str]:
@@ -282,7 +283,8 @@ class FusedState:
         if len(members) != self.k:
             raise CheckpointMismatch(f"checkpoint holds {len(members)} members, this group has {self.k}")
         for k, (member, cfg) in enumerate(zip(members, self.cfgs)):
-            saved = member.get("config", {})
+            # a field missing from a saved config is newer than the checkpoint, which ran with its default
+            saved = {**_DEFAULTS, **member.get("config", {})}
             diff = [f for f in CHECKPOINT_FIELDS if saved.get(f) != getattr(cfg, f)]
             if diff:
                 raise CheckpointMismatch(f"member {k}: checkpoint is from another configuration (" + ", ".join(
@@ -368,6 +370,7 @@ def _train_fused(cfgs: Sequence[TrainConfig], data: CifarData | DeviceData, on_e
                  resume_from: dict[str, Any] | None) -> list[dict[str, Any]]:
     device = data.device if isinstance(data, DeviceData) else pick_device(cfgs[0].device if cfgs else "auto")
     cfgs = resolve_group(cfgs, device)  # refuses before any data moves
+    require_dataset(data.dataset, cfgs[0].dataset)  # (the group shares one: GROUP_FIELDS)
     if isinstance(data, CifarData):
         data = DeviceData(data, cfgs[0].val_fraction, cfgs[0].split_seed, device)
     group_cfg = cfgs[0]

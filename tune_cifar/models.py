@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tune_cifar.schema import RESIDUAL_MODELS
+from tune_cifar.schema import DATASET_CLASSES, RESIDUAL_MODELS
+
+if TYPE_CHECKING:
+    from tune_cifar.config import TrainConfig
 
 # (out_channels, stride) of MobileNet v1's 13 depthwise-separable blocks, CIFAR variant.
 MOBILENET_BLOCKS = [64, (128, 2), 128, (256, 2), 256, (512, 2), 512, 512, 512, 512, 512, (1024, 2), 1024]
@@ -168,6 +171,11 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "mobilenetv2": MobileNetV2,
     "resnet18": ResNet18,
 }
+
+
+def build_for(cfg: "TrainConfig") -> nn.Module:
+    """The network `cfg` trains: its model, with a classifier of its dataset's classes (100 or 10)."""
+    return build_model(cfg.model, DATASET_CLASSES[cfg.dataset], dropout=cfg.dropout, drop_path=cfg.drop_path)
 
 
 def build_model(name: str, num_classes: int = 100, dropout: float = 0.0, drop_path: float = 0.0) -> nn.Module:

@@ -23,7 +23,7 @@ if __name__ == "__main__" and not __package__:
 
 from tune_cifar import catalog  # noqa: E402
 from tune_cifar.config import ConfigError, TrainConfig  # noqa: E402
-from tune_cifar.data import DataError, has_dataset, load_cifar100, read_cifar100, write_synthetic  # noqa: E402
+from tune_cifar.data import RELEASES, DataError, has_dataset, load_cifar, read_cifar, write_synthetic  # noqa: E402
 from tune_cifar.experiment import ExperimentError, Interrupted, RunOptions, check_storage, plan_run, run  # noqa: E402
 from tune_cifar.schema import DEVICES  # noqa: E402
 from tune_cifar.search import SCHEDULERS, SEARCHES  # noqa: E402
@@ -39,18 +39,22 @@ SMOKE = dict(train=1000, test=200, classes=40, noise=30.0, label_noise=0.2, epoc
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python -m tune_cifar.run", description="Run a hyperparameter study with Ray Tune.",
+        prog=_prog(), description="Run a hyperparameter study with Ray Tune.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=f"studies (--list says more):\n{catalog.one_line_each()}\n\n--set accepts any TrainConfig field: "
                f"{catalog.settable_fields()}")
-    p.add_argument("study", nargs="?", help="the study to run (see --list)")
-    p.add_argument("--list", action="store_true", help="list every study with what it varies and its size, then exit")
+    p.add_argument("study", nargs="?", help="the study to run: a name (see --list) or the path of a study file of "
+                   "your own (my_study.py; the contract is search_spaces/__init__.py's)")
+    p.add_argument("--list", action="store_true", help="list every study (or the one named) with what it varies and "
+                   "its size, then exit")
     p.add_argument("--dry-run", action="store_true",
                    help="print every trial's configuration and the totals; start nothing, write nothing")
     p.add_argument("--smoke", action="store_true",
                    help=f"generated data ({SMOKE['train']} train / {SMOKE['test']} test images of {SMOKE['classes']} "
-                        f"classes), {SMOKE['epochs']} epochs, batch {SMOKE['batch_size']}: learns in a few minutes")
-    p.add_argument("--data-dir", default="./data", help="CIFAR-100 folder; downloaded there when missing (default ./data)")
+                        f"classes, 10 for --set dataset=cifar10), {SMOKE['epochs']} epochs, batch "
+                        f"{SMOKE['batch_size']}: learns in a few minutes")
+    p.add_argument("--data-dir", default="./data", help="folder holding the dataset's release (cifar-100-python/, or "
+                   "cifar-10-batches-py/ with --set dataset=cifar10); downloaded there when missing (default ./data)")
     p.add_argument("--no-download", dest="download", action="store_false", help="never download; fail if data is missing")
     p.add_argument("--epochs", type=int, help="override every study's epochs")
     p.add_argument("--seeds", type=int, help="repeat every configuration with seeds 0..N-1 (default 1)")
@@ -85,6 +89,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _prog() -> str:
+    """The command as the user typed it: the `tune-cifar` script (pyproject's [project.scripts]) or the module."""
+    return "tune-cifar" if Path(sys.argv[0]).name == "tune-cifar" else "python -m tune_cifar.run"
+
+
 def validate(args: argparse.Namespace) -> None:
     """Bad option values, caught before Ray starts or anything is written."""
     g = args.gpus_per_trial
@@ -104,9 +113,13 @@ def validate(args: argparse.Namespace) -> None:
     for bad, message in problems:
         if bad:
             raise ConfigError(message)
-    if not args.smoke and not args.download and not has_dataset(args.data_dir):
-        load_cifar100(args.data_dir, download=False)  # its one-line DataError, for the dry run too
     overrides(args)  # names the field of a bad --set value
+
+
+def check_data(args: argparse.Namespace, dataset: str) -> None:
+    """Data that is missing and may not be downloaded: its one-line DataError, for the dry run too."""
+    if not args.smoke and not args.download and not has_dataset(args.data_dir, dataset):
+        load_cifar(args.data_dir, download=False, dataset=dataset)
 
 
 # TrainConfig fields that have an option of their own, which is their one source: the schedulers, the
@@ -153,16 +166,18 @@ def options(args: argparse.Namespace, data_dir: str) -> tuple[RunOptions, set[st
     return opts, given
 
 
-def write_smoke(folder: str) -> None:
-    write_synthetic(folder, SMOKE["train"], SMOKE["test"], seed=0, classes=SMOKE["classes"], noise=SMOKE["noise"],
-                    label_noise=SMOKE["label_noise"])
+def write_smoke(folder: str, dataset: str = "cifar100") -> None:
+    """The smoke data in `dataset`'s format: its 40 classes, or all 10 of CIFAR-10 (chance 0.1)."""
+    classes = min(SMOKE["classes"], RELEASES[dataset].classes)
+    write_synthetic(folder, SMOKE["train"], SMOKE["test"], seed=0, classes=classes, noise=SMOKE["noise"],
+                    label_noise=SMOKE["label_noise"], dataset=dataset)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        if args.list:
-            print(catalog.listing(), end="")
+        if args.list:  # every study, or the one named (a study file's too)
+            print(catalog.listing([load_study(args.study)] if args.study else None), end="")
             return 0
         if not args.study:
             raise StudyError("name a study to run; `python -m tune_cifar.run --list` lists them")
@@ -173,16 +188,18 @@ def main(argv: list[str] | None = None) -> int:
         check_writable(args.storage_path)  # a probe file written and deleted: an object store's errors show here
         # on --resume, the plan with the saved experiment's options, which run() takes for what was left out
         in_force = check_storage(plan, opts, given)  # (it reads the storage: the probe's one-line errors come first)
+        dataset = in_force.dataset  # the study's, or --set dataset=...: known before any data is read
+        check_data(args, dataset)
         if args.dry_run:
             print(catalog.dry_run(in_force), end="")
             return 0
         if args.smoke:
             # Generated, read into memory, then deleted: trials get the arrays through Ray's object store.
             with tempfile.TemporaryDirectory(prefix="tune-cifar-smoke-") as smoke_dir:
-                write_smoke(smoke_dir)
-                data, data_dir = read_cifar100(smoke_dir), "<generated>"
+                write_smoke(smoke_dir, dataset)
+                data, data_dir = read_cifar(smoke_dir, dataset), "<generated>"
         else:
-            data, data_dir = load_cifar100(args.data_dir, args.download), str(Path(args.data_dir).absolute())
+            data, data_dir = load_cifar(args.data_dir, args.download, dataset), str(Path(args.data_dir).absolute())
         _start_ray(args.address)
         frames = run(study, data, replace(opts, data_dir=data_dir), given)
     except (ConfigError, DataError, StudyError, ExperimentError, StorageError) as e:

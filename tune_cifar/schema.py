@@ -5,6 +5,9 @@ Importing this module loads nothing but the standard library, so `analysis` can 
 
 from __future__ import annotations
 
+DATASETS = ("cifar100", "cifar10")  # tune_cifar.data reads each one's python release (data.RELEASES)
+DATASET_TITLES = {"cifar100": "CIFAR-100", "cifar10": "CIFAR-10"}
+DATASET_CLASSES = {"cifar100": 100, "cifar10": 10}  # the classifier's outputs (tune_cifar.models.build_for)
 MODEL_NAMES = ("mobilenet", "mobilenetv2", "resnet18")  # tune_cifar.models registers exactly these (tested)
 RESIDUAL_MODELS = ("resnet18",)  # the models that implement stochastic depth (drop_path)
 SCHEDULES = ("constant", "cosine", "step", "warmup_cosine", "onecycle")  # defined in tune_cifar.schedules
@@ -29,7 +32,7 @@ FINAL_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", 
 # What makes two trials the same configuration; the seed is what statistics average over. The
 # other TrainConfig fields (data_dir, download, device, channels_last, compile, eval_batch_size)
 # say where and how fast a run went, not what it computed.
-CONFIGURATION_FIELDS = ("model", "dropout", "drop_path", "lr", "schedule", "step_milestones", "step_gamma",
+CONFIGURATION_FIELDS = ("dataset", "model", "dropout", "drop_path", "lr", "schedule", "step_milestones", "step_gamma",
                         "warmup_epochs", "weight_decay", "momentum", "nesterov", "epochs", "batch_size",
                         "label_smoothing", "mix", "mixup_alpha", "cutmix_alpha", "cutmix_prob", "split_seed",
                         "val_fraction", "precision")

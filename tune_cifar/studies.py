@@ -1,12 +1,17 @@
-"""Studies by name: each is a module in `search_spaces/` (see its __init__ for the fields)."""
+"""Studies by name: each is a module in `search_spaces/` (see its __init__ for the fields), or a file of the
+user's own with the same contract (`python -m tune_cifar.run path/to/my_study.py`)."""
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import itertools
 import math
+import os
 import pkgutil
 from dataclasses import dataclass, field, replace
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import search_spaces
@@ -137,29 +142,86 @@ def study_order() -> list[str]:
     return order + [s.name for s in studies if s.name not in order]
 
 
+# What ranks a study's configurations: a metric every epoch reports (schedulers compare trials mid-run).
+RANKING_METRICS = ("val_acc", "val_loss", "train_acc", "train_loss")
+
+
+def is_study_file(name: str) -> bool:
+    """A study named by a path (`my_study.py`, `studies/mine`) rather than by a search_spaces/ name."""
+    return name.endswith(".py") or "/" in name or os.sep in name
+
+
 def load_study(name: str) -> Study:
+    """The study `name`: a module of search_spaces/, or a file path (`path/to/my_study.py`, the same contract)."""
+    if is_study_file(name):
+        return load_study_file(name)
     if name not in available_studies():
         raise StudyError(f"unknown study {name!r}; available: {', '.join(available_studies())}")
     try:
         module = importlib.import_module(f"search_spaces.{name}")
     except Exception as e:  # a sampling domain with impossible bounds raises at import, as any bug would
         raise StudyError(f"search_spaces/{name}.py cannot be loaded: {type(e).__name__}: {e}") from None
-    description = getattr(module, "DESCRIPTION", (module.__doc__ or "").strip())
+    return study_from_module(module, name, f"search_spaces/{name}.py")
+
+
+def load_study_file(path: str | os.PathLike) -> Study:
+    """A study module outside the package, named after its file (`my_study.py` -> `my_study`, which names
+    its experiment folder). Not added to sys.modules: Ray pickles what it defines by value."""
+    path = Path(path)
+    if not path.is_file():
+        raise StudyError(f"{path}: no such study file; a study file is a Python module defining SPACE and "
+                         f"DESCRIPTION (see search_spaces/__init__.py)")
+    name = path.stem
+    if name in available_studies():  # its folder, tables and published columns would be the built-in study's
+        raise StudyError(f"{path} has the name of the built-in study {name!r}; rename the file (its results "
+                         f"would be read as that study's)")
+    spec = importlib.util.spec_from_file_location(f"tune_cifar_study_file.{name}", path)
+    if spec is None or spec.loader is None:
+        raise StudyError(f"{path} is not a Python module; a study file ends in .py")
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:
+        raise StudyError(f"{path} cannot be loaded: {type(e).__name__}: {e}") from None
+    return study_from_module(module, name, str(path))
+
+
+def missing_parts(module: ModuleType) -> list[str]:
+    """What `module` lacks of a study's contract (search_spaces/__init__.py), each with what it should be."""
+    missing = []
+    if not hasattr(module, "CHAIN"):
+        if not isinstance(getattr(module, "SPACE", None), dict):
+            missing.append("SPACE (a dict: TrainConfig field -> list of values or a Tune domain; or CHAIN, "
+                           "a list of studies run in order)")
+        if not isinstance(getattr(module, "BASE", {}), dict):
+            missing.append("BASE as a dict (TrainConfig field -> value)")
+    if not str(getattr(module, "DESCRIPTION", None) or module.__doc__ or "").strip():
+        missing.append("DESCRIPTION (one sentence: what varies and why; or a module docstring)")
+    return missing
+
+
+def study_from_module(module: ModuleType, name: str, where: str) -> Study:
+    missing = missing_parts(module)
+    if missing:
+        raise StudyError(f"{where} is not a study: it defines no {'; no '.join(missing)}; "
+                         f"search_spaces/__init__.py lists what a study module defines")
+    description = str(getattr(module, "DESCRIPTION", None) or module.__doc__).strip()
     if hasattr(module, "CHAIN"):
         for sub in module.CHAIN:
             load_study(sub)
         return Study(name, description, getattr(module, "TITLE", name), chain=tuple(module.CHAIN))
-    if not hasattr(module, "SPACE"):
-        raise StudyError(f"search_spaces/{name}.py defines neither SPACE nor CHAIN")
     space = {k: (v if is_domain(v) else list(v)) for k, v in module.SPACE.items()}
     plan = SearchPlan(search=getattr(module, "SEARCH", "grid" if not sampled_fields(space) else "random"),
                       **{field: getattr(module, attr) for attr, field in PLAN_ATTRIBUTES.items() if hasattr(module, attr)})
     study = Study(name, description, getattr(module, "TITLE", name), dict(getattr(module, "BASE", {})), space,
                   getattr(module, "METRIC", "val_acc"), getattr(module, "MODE", "max"), plan=plan)
     if study.mode not in ("max", "min"):
-        raise StudyError(f"search_spaces/{name}.py: MODE must be 'max' or 'min', not {study.mode!r}")
+        raise StudyError(f"{where}: MODE must be 'max' or 'min', not {study.mode!r}")
+    if study.metric not in RANKING_METRICS:
+        raise StudyError(f"{where}: METRIC must be one of {', '.join(RANKING_METRICS)} (reported every epoch), "
+                         f"not {study.metric!r}")
     try:
         study.configs()
     except ConfigError as e:
-        raise StudyError(f"search_spaces/{name}.py: {e}") from None
+        raise StudyError(f"{where}: {e}") from None
     return study

@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 
 from tune_cifar.config import ConfigError, TrainConfig, add_config_flags, config_from_args
-from tune_cifar.data import CifarData, DataError, DeviceData, EpochPlan, load_cifar100
+from tune_cifar.data import CifarData, DataError, DeviceData, EpochPlan, load_cifar, require_dataset
 from tune_cifar.mixing import MixupPlan, draw_mixing, mixup, mixup_loss_and_hits  # noqa: F401 (re-exported)
-from tune_cifar.models import build_model
+from tune_cifar.models import build_for
 from tune_cifar.schedules import PER_STEP, lr_at, schedule_lr  # noqa: F401 (lr_at re-exported)
 from tune_cifar.schema import CHECKPOINT_FIELDS
 
@@ -75,7 +75,7 @@ class TrainState:
         self.cfg = cfg
         self.device = device
         torch.manual_seed(cfg.seed)
-        self.model = build_model(cfg.model, dropout=cfg.dropout, drop_path=cfg.drop_path).to(device)
+        self.model = build_for(cfg).to(device)  # its classifier has the dataset's classes
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = make_optimizer(self.model.parameters(), cfg)
@@ -181,6 +181,7 @@ def train(cfg: TrainConfig, data: CifarData | DeviceData, on_epoch: EpochCallbac
 
 def _train(cfg: TrainConfig, data: CifarData | DeviceData, on_epoch: EpochCallback | None,
            resume_from: dict[str, Any] | None) -> dict[str, Any]:
+    require_dataset(data.dataset, cfg.dataset)
     if isinstance(data, CifarData):
         data = DeviceData(data, cfg.val_fraction, cfg.split_seed, pick_device(cfg.device))
     device = data.device
@@ -276,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         cfg = config_from_args(args)
-        data = load_cifar100(cfg.data_dir, cfg.download)
+        data = load_cifar(cfg.data_dir, cfg.download, cfg.dataset)
         device = pick_device(cfg.device)
     except (ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
