@@ -453,7 +453,11 @@ def run_study(study: Study, data: CifarData, opts: RunOptions, storage: str, car
                 reuse_actors=True),
             run_config=tune.RunConfig(
                 name=study.name, storage_path=storage if is_uri(storage) else str(Path(storage).absolute()),
-                # PBT clones a donor's latest checkpoint while the donor goes on saving: keep a few
+                # The newest checkpoints, in the order saved: what resume needs (Tune syncs its experiment state
+                # every num_to_keep checkpoints, so the one that state names is still there), and at a trial's
+                # end its final epoch's (trainable.checkpoint_due always saves it). No score attribute: one
+                # (val_acc) would keep an earlier best epoch instead, which nothing uses (ranking.py ranks final
+                # epochs). PBT clones a donor's latest checkpoint while the donor goes on saving: keep a few more.
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=4 if plan.scheduler == "pbt" else 2),
                 # The trials write run_info.json straight to storage (TrialOptions.experiment_path), so Tune
                 # need not upload their working folders (a forced upload at every checkpoint and trial end).
