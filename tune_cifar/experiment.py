@@ -547,6 +547,25 @@ def run(study: Study, data: CifarData, opts: RunOptions, given: set[str] = froze
     return frames
 
 
+def next_steps(storage_path: str, study: Study, tensorboard: bool | None = None) -> str:
+    """Where a study's results are, and the commands that look at them (TensorBoard's when it is installed:
+    Tune writes its event files into every trial folder)."""
+    if tensorboard is None:
+        import importlib.util
+
+        tensorboard = importlib.util.find_spec("tensorboard") is not None
+    where = f"{str(storage_path).rstrip('/')}/{study.name}"
+    held = ("chain.json and one folder per study, each with its results.parquet" if study.chain
+            else "results.parquet, study.json and one folder per trial")
+    lines = [f"results in {where} ({held}); next:",
+             f"  python -m analysis.report {where}    # tables, figures, tests -> {where}/report/report.md",
+             f"  python -m tune_cifar.export {where} --best --out {study.name}-best.pt    # the winner's final weights",
+             f"  python -m tune_cifar.train --from {where}/<trial folder>/run_info.json    # rerun one trial, no Ray"]
+    if tensorboard:
+        lines.append(f"  tensorboard --logdir {where}    # every trial's curves")
+    return "\n".join(lines)
+
+
 def _print_table(df: pd.DataFrame, study: Study, carried: dict[str, Any] | None = None) -> None:
     if df.empty:
         print(f"\n== {study.name}: no results ==", flush=True)
