@@ -65,7 +65,7 @@ def test_the_best_trial_exports_and_reloads_with_the_test_metrics_it_reported(sm
 
     logits = model.logits(data.test_x).double()
     labels = torch.as_tensor(data.test_y)
-    assert (logits.argmax(1) == labels).double().mean().item() == row["test_acc"] == model.metrics["test_acc"]
+    assert model.accuracy(data.test_x, data.test_y) == row["test_acc"] == model.metrics["test_acc"]
     # the loss pins the logits themselves (an accuracy near chance could match by luck)
     assert F.cross_entropy(logits, labels).item() == pytest.approx(row["test_loss"], rel=1e-6)
 
@@ -140,3 +140,27 @@ def test_export_reads_an_experiment_on_s3(smoke_kept, s3_bucket, tmp_path):
     there, here = load_exported(f"{s3_bucket.uri}/model.pt"), load_exported(tmp_path / "local.pt")
     assert there.metrics == here.metrics and there.info["source"]["experiment"] == uri
     assert torch.equal(there.model.state_dict()["linear.weight"], here.model.state_dict()["linear.weight"])
+
+
+def test_the_smoke_chains_winner_exports_from_the_study_that_trained_it(smoke_all, smoke_data, tmp_path, capsys):
+    """The README's quick start: `export results/all --best` is the chain's last study's winner; a reused trial's
+    weights are the earlier study's, which trained it."""
+    storage, code, out = smoke_all
+    assert code == 0, out
+    assert export.main([str(storage / "all"), "--best", "--out", str(tmp_path / "model.pt")]) == 0
+    printed = capsys.readouterr().out
+    chain = json.loads((storage / "all" / "chain.json").read_text())
+    last = last_rows(storage / "all" / chain["order"][-1])
+    won = chain["winners"][chain["order"][-1]]
+    best = last[(last["status"] == "finished")
+                & pd.concat([last[f"config/{k}"] == v for k, v in won.items()], axis=1).all(axis=1)]
+    model = load_exported(tmp_path / "model.pt")
+    asked = model.info["source"]["asked_for"]
+    assert asked in best.index and model.metrics["test_acc"] == best.loc[asked, "test_acc"]
+    if best.loc[asked, results.REUSED_FROM]:  # at the smoke sizes, mixup "off" is the wd winner's run
+        study, trial_id = best.loc[asked, results.REUSED_FROM].split("/")
+        assert model.info["source"] == {**model.info["source"], "study": study, "trial_id": trial_id}
+        assert "reused" in printed
+    data = read_cifar100(smoke_data)
+    assert model.accuracy(data.test_x, data.test_y) == model.metrics["test_acc"]
+    print(f"quick start: exported {asked}, reloaded test_acc {model.accuracy(data.test_x, data.test_y)}")

@@ -184,9 +184,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ExportError, StorageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    m, cfg = payload["metrics"], payload["config"]
-    varied = ", ".join(f"{k}={cfg[k]}" for k in (_json(join(experiment, "study.json")) or {}).get("space", {}))
-    print(f"exported trial {payload['source']['trial_id']} of {payload['source']['study']} ({varied}, seed "
+    m, cfg, source = payload["metrics"], payload["config"], payload["source"]
+    record = _json(join(experiment, "study.json")) or {}
+    varied = ", ".join(f"{k}={cfg[k]}" for k in record.get("space", {}))
+    reused = (f", which {record.get('study')}'s trial {trial_id} reused" if source["trial_id"] != trial_id else "")
+    print(f"exported trial {source['trial_id']} of {source['study']}{reused} ({varied}, seed "
           f"{cfg['seed']}; epoch {m['epoch']}: val_acc {m['val_acc']:.4f}, test_acc {m['test_acc']:.4f}) to "
           f"{args.out} ({buf.tell() / 1e6:.1f} MB); load it with tune_cifar.models.load_exported({args.out!r})")
     return 0

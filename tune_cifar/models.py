@@ -215,6 +215,10 @@ class ExportedModel:
                 out.append(self.model(batch).float())
         return torch.cat(out) if out else torch.empty(0, self.info["num_classes"])
 
+    def accuracy(self, images: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray) -> float:
+        """Share of `images` whose top logit is their label (labels (N,) ints)."""
+        return (self.logits(images).argmax(1).cpu() == torch.as_tensor(labels)).double().mean().item()
+
 
 def load_exported(path: str | os.PathLike, device: str = "cpu") -> ExportedModel:
     """Read what `python -m tune_cifar.export` wrote (a path or an s3:// / gs:// URI). weights_only: the file
