@@ -184,6 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ExportError, StorageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # an object store's errors (endpoint, credentials), a full disk
+        print(f"error: {(str(e).splitlines() or [type(e).__name__])[0]}", file=sys.stderr)
+        return 2
     m, cfg, source = payload["metrics"], payload["config"], payload["source"]
     record = _json(join(experiment, "study.json")) or {}
     varied = ", ".join(f"{k}={cfg[k]}" for k in record.get("space", {}))
@@ -205,8 +208,12 @@ def _load(data: bytes | None) -> dict[str, Any]:
 def _results(experiment: str):
     import pandas as pd
 
-    data = read_bytes(join(experiment, "results.parquet"))
-    return None if data is None else pd.read_parquet(io.BytesIO(data))
+    path = join(experiment, "results.parquet")
+    data = read_bytes(path)
+    try:
+        return None if data is None else pd.read_parquet(io.BytesIO(data))
+    except Exception as e:  # truncated or foreign files raise many different errors
+        raise ExportError(f"{path} is unreadable ({type(e).__name__}); pass --trial ID to export without it") from None
 
 
 def _sibling(experiment: str, study: str) -> str:

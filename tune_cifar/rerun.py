@@ -54,6 +54,10 @@ def config_from_run_info(args: argparse.Namespace, argv: list[str] | None) -> Tr
     cfg = TrainConfig.from_dict({**recorded, **changes})
     threads = max(1, int((info.get("resources") or {}).get("cpu") or 1))  # as the trainable sets them
     torch.set_num_threads(threads)
+    study = _json_at(args.rerun.rsplit("/", 2)[0] + "/study.json") if "/" in args.rerun else None
+    if ((study or {}).get("search") or {}).get("scheduler") == "pbt":
+        print("warning: PBT changed this trial's hyperparameters (and cloned donors' weights) as it ran; this "
+              "reruns the configuration it started with", file=sys.stderr)
     changed = ", ".join(f"{k}={getattr(cfg, k)!r}" for k in changes) or "nothing changed"
     print(f"rerunning {which} of study {info.get('study')!r} (seed {cfg.seed}, {threads} thread(s) as it had; "
           f"{changed})", file=sys.stderr)
@@ -121,6 +125,14 @@ def warn_if_other_data(args: argparse.Namespace, summary: dict[str, Any]) -> Non
     if differ:
         print(f"warning: this data differs from the trial's ({'; '.join(differ)}); its metrics will not match",
               file=sys.stderr)
+
+
+def _json_at(path: str) -> dict[str, Any] | None:
+    try:
+        value = json.loads(read_text(path) or "null")
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def _config_flags_given(argv: list[str] | None) -> list[str]:
