@@ -56,6 +56,38 @@ def smoke_packed(ray_session, tmp_path_factory):
     return storage, code, out
 
 
+@pytest.fixture(scope="session")
+def smoke_kept(ray_session, tmp_path_factory):
+    """`wd` on the smoke data, 2 epochs: 2 plain trials whose final weights are kept. (experiment folder, exit
+    code, stdout)"""
+    storage = tmp_path_factory.mktemp("smoke-kept")
+    code, out = run_cli("wd", "--smoke", "--epochs", "2", "--gpus-per-trial", "0", "--storage-path", storage)
+    return storage / "wd", code, out
+
+
+@pytest.fixture(scope="session")
+def smoke_fused(ray_session, tmp_path_factory):
+    """`wd` on the smoke data, 1 epoch, its 2 configurations fused into one trial. (experiment folder, exit code,
+    stdout)"""
+    storage = tmp_path_factory.mktemp("smoke-fused")
+    code, out = run_cli("wd", "--smoke", "--epochs", "1", "--fuse", "2", "--gpus-per-trial", "0",
+                        "--storage-path", storage)
+    return storage / "wd", code, out
+
+
+SMOKE_DATA_ARGS = ("--train", "1000", "--test", "200", "--classes", "40", "--noise", "30", "--label-noise", "0.2")
+
+
+@pytest.fixture(scope="session")
+def smoke_data(tmp_path_factory):
+    """The --smoke data written again by its documented command (what `train --from` asks for)."""
+    from tune_cifar.data import main
+
+    folder = tmp_path_factory.mktemp("smoke-data")
+    assert main(["synthetic", "--out", str(folder), *SMOKE_DATA_ARGS]) == 0
+    return folder
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -45,9 +45,11 @@ def test_checkpoint_every_is_exact_whatever_the_epochs_take():
     assert saved_epochs(10, TrialOptions(checkpoint_every=4), epoch_s=0.01, diverge_at=5) == [4, 5]
 
 
-def test_a_short_trial_saves_nothing_but_what_its_scheduler_clones():
-    assert saved_epochs(15, TrialOptions(), epoch_s=2.0) == []
-    assert saved_epochs(15, TrialOptions(also_every=5), epoch_s=2.0) == [5, 10, 15]  # PBT's perturbation epochs
+def test_a_short_trial_saves_its_final_epoch_and_what_its_scheduler_clones():
+    assert saved_epochs(15, TrialOptions(), epoch_s=2.0) == [15]  # the time floor never skips the final epoch
+    assert saved_epochs(1, TrialOptions(), epoch_s=0.01) == [1]
+    assert saved_epochs(15, TrialOptions(), epoch_s=2.0, diverge_at=3) == []  # it never reached its final epoch
+    assert saved_epochs(15, TrialOptions(also_every=4), epoch_s=2.0) == [4, 8, 12, 15]  # PBT's perturbation epochs
     assert saved_epochs(6, TrialOptions(checkpoint_every=4, also_every=3), epoch_s=2.0) == [3, 4, 6]
 
 
@@ -59,7 +61,7 @@ def test_slow_epochs_keep_the_epoch_cadence():
 
 def test_fast_epochs_save_on_the_cadence_at_most_once_per_gap():
     # 8 s epochs, every 10th epoch on the cadence: the first one at least 300 s after the last save
-    assert saved_epochs(300, TrialOptions(), epoch_s=8.0) == list(range(40, 300, 40))
+    assert saved_epochs(300, TrialOptions(), epoch_s=8.0) == [*range(40, 300, 40), 300]  # and the final one
     assert saved_epochs(20, TrialOptions(min_checkpoint_gap_s=0.0), epoch_s=0.01) == list(range(1, 21))
 
 
@@ -68,7 +70,9 @@ def test_fast_epochs_save_on_the_cadence_at_most_once_per_gap():
 def test_the_default_bounds_both_storage_traffic_and_repeated_work(epochs, epoch_s):
     options = TrialOptions()
     saved = saved_epochs(epochs, options, epoch_s)
-    assert len(saved) * options.min_checkpoint_gap_s <= epochs * epoch_s  # at most one save per gap of run time
+    assert saved[-1] == epochs  # a finished trial keeps its final weights
+    # besides that one, at most one save per gap of run time
+    assert (len(saved) - 1) * options.min_checkpoint_gap_s <= epochs * epoch_s
     assert len(saved) <= 30 + 1
     # A kill repeats at most one gap plus one cadence step of epochs: the run between two saves, or since the last.
     every = checkpoint_interval(epochs)

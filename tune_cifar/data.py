@@ -351,6 +351,11 @@ class DeviceData:
     def num_train(self) -> int:
         return len(self.train_x)
 
+    def statistics(self) -> dict[str, list[float]]:
+        """The normalisation the model was trained with, as plain lists (3,) in [0, 1] units: saved beside
+        the weights, so an exported model is fed exactly what it saw (float32 values, exact through JSON)."""
+        return {"normalisation_mean": self.mean.cpu().tolist(), "normalisation_std": self.std.cpu().tolist()}
+
     def train_batches(self, plan: EpochPlan, batch_size: int):
         """Yield (images float (B, 3, 32, 32) normalised, labels (B,)); the last partial batch is kept."""
         for start in range(0, self.num_train, batch_size):

@@ -468,7 +468,11 @@ def run_study(study: Study, data: CifarData, opts: RunOptions, storage: str, car
                 reuse_actors=True),
             run_config=tune.RunConfig(
                 name=study.name, storage_path=storage if is_uri(storage) else str(Path(storage).absolute()),
-                # PBT clones a donor's latest checkpoint while the donor goes on saving: keep a few
+                # The newest checkpoints, in the order saved: what resume needs (Tune syncs its experiment state
+                # every num_to_keep checkpoints, so the one that state names is still there), and at a trial's
+                # end its final epoch's (trainable.checkpoint_due always saves it). No score attribute: one
+                # (val_acc) would keep an earlier best epoch instead, which nothing uses (ranking.py ranks final
+                # epochs). PBT clones a donor's latest checkpoint while the donor goes on saving: keep a few more.
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=4 if plan.scheduler == "pbt" else 2),
                 # The trials write run_info.json straight to storage (TrialOptions.experiment_path), so Tune
                 # need not upload their working folders (a forced upload at every checkpoint and trial end).
@@ -556,6 +560,25 @@ def run(study: Study, data: CifarData, opts: RunOptions, given: set[str] = froze
         carried = {**carried, **won}
         write_atomic(join(storage, "chain.json"), json.dumps(chain_log, indent=2, default=str))
     return frames
+
+
+def next_steps(storage_path: str, study: Study, tensorboard: bool | None = None) -> str:
+    """Where a study's results are, and the commands that look at them (TensorBoard's when it is installed:
+    Tune writes its event files into every trial folder)."""
+    if tensorboard is None:
+        import importlib.util
+
+        tensorboard = importlib.util.find_spec("tensorboard") is not None
+    where = f"{str(storage_path).rstrip('/')}/{study.name}"
+    held = ("chain.json and one folder per study, each with its results.parquet" if study.chain
+            else "results.parquet, study.json and one folder per trial")
+    lines = [f"results in {where} ({held}); next:",
+             f"  python -m analysis.report {where}    # tables, figures, tests -> {where}/report/report.md",
+             f"  python -m tune_cifar.export {where} --best --out {study.name}-best.pt    # the winner's final weights",
+             f"  python -m tune_cifar.train --from {where}/<trial folder>/run_info.json    # rerun one trial, no Ray"]
+    if tensorboard:
+        lines.append(f"  tensorboard --logdir {where}    # every trial's curves")
+    return "\n".join(lines)
 
 
 def _print_table(df: pd.DataFrame, study: Study, carried: dict[str, Any] | None = None) -> None:

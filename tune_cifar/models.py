@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+import io
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tune_cifar.data import normalise
 from tune_cifar.schema import DATASET_CLASSES, RESIDUAL_MODELS
+from tune_cifar.storage import is_uri, read_bytes
 
 if TYPE_CHECKING:
     from tune_cifar.config import TrainConfig
+
+EXPORT_FORMAT = "tune_cifar.export/1"  # what python -m tune_cifar.export writes
 
 # (out_channels, stride) of MobileNet v1's 13 depthwise-separable blocks, CIFAR variant.
 MOBILENET_BLOCKS = [64, (128, 2), 128, (256, 2), 256, (512, 2), 512, 512, 512, 512, 512, (1024, 2), 1024]
@@ -186,3 +194,55 @@ def build_model(name: str, num_classes: int = 100, dropout: float = 0.0, drop_pa
     if drop_path:
         raise ValueError(f"{name} has no stochastic depth; drop_path works on {', '.join(RESIDUAL_MODELS)}")
     return MODELS[name](num_classes, dropout=dropout)
+
+
+@dataclass
+class ExportedModel:
+    """A trial's final model as tune_cifar.export wrote it, ready to classify uint8 images."""
+
+    model: nn.Module  # eval mode, in the memory format it trained in
+    config: dict[str, Any]  # the trial's resolved TrainConfig fields (precision: the arithmetic it evaluated in)
+    metrics: dict[str, Any]  # its final epoch's: val_acc, test_acc, ...
+    mean: torch.Tensor  # (3,) per-channel mean of its training split, [0, 1] units
+    std: torch.Tensor  # (3,)
+    info: dict[str, Any]  # the rest of the file: provenance, source trial, data
+
+    @torch.no_grad()
+    def logits(self, images: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """float32 logits (N, classes) of uint8 images (N, 3, 32, 32), computed as the trial evaluated its test
+        split (train.evaluate: same normalisation, batches, memory format and precision)."""
+        x = torch.as_tensor(images)
+        device = next(self.model.parameters()).device
+        bf16, size = self.config.get("precision") == "bf16", int(self.config.get("eval_batch_size", 1000))
+        out = []
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            for start in range(0, len(x), size):
+                batch = normalise(x[start : start + size].to(device), self.mean, self.std)
+                if self.config.get("channels_last"):
+                    batch = batch.contiguous(memory_format=torch.channels_last)
+                out.append(self.model(batch).float())
+        return torch.cat(out) if out else torch.empty(0, self.info["num_classes"])
+
+    def accuracy(self, images: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray) -> float:
+        """Share of `images` whose top logit is their label (labels (N,) ints)."""
+        return (self.logits(images).argmax(1).cpu() == torch.as_tensor(labels)).double().mean().item()
+
+
+def load_exported(path: str | os.PathLike, device: str = "cpu") -> ExportedModel:
+    """Read what `python -m tune_cifar.export` wrote (a path or an s3:// / gs:// URI). weights_only: the file
+    is tensors and plain values, so loading it runs no code whoever wrote it."""
+    source = io.BytesIO(read_bytes(path) or b"") if is_uri(path) else path
+    saved = torch.load(source, map_location=device, weights_only=True)
+    if not isinstance(saved, dict) or saved.get("format") != EXPORT_FORMAT:
+        raise ValueError(f"{path} is not a tune_cifar export (format {EXPORT_FORMAT!r})")
+    cfg = saved["config"]
+    model = build_model(cfg["model"], saved["num_classes"], dropout=cfg.get("dropout", 0.0),
+                        drop_path=cfg.get("drop_path", 0.0))
+    model.load_state_dict(saved["model"])
+    model = model.to(device).eval()
+    if cfg.get("channels_last"):
+        model = model.to(memory_format=torch.channels_last)
+    stats = saved["normalisation"]
+    mean, std = (torch.tensor(stats[k], dtype=torch.float32, device=device) for k in ("mean", "std"))
+    info = {k: v for k, v in saved.items() if k not in ("model", "config", "metrics", "normalisation")}
+    return ExportedModel(model, cfg, saved["metrics"], mean, std, info)

@@ -24,7 +24,8 @@ if __name__ == "__main__" and not __package__:
 from tune_cifar import catalog  # noqa: E402
 from tune_cifar.config import ConfigError, TrainConfig  # noqa: E402
 from tune_cifar.data import RELEASES, DataError, has_dataset, load_cifar, read_cifar, write_synthetic  # noqa: E402
-from tune_cifar.experiment import ExperimentError, Interrupted, RunOptions, check_storage, plan_run, run  # noqa: E402
+from tune_cifar.experiment import (ExperimentError, Interrupted, RunOptions, check_storage, next_steps,  # noqa: E402
+                                   plan_run, run)
 from tune_cifar.schema import DEVICES  # noqa: E402
 from tune_cifar.search import SCHEDULERS, SEARCHES  # noqa: E402
 from tune_cifar.storage import StorageError, check_writable  # noqa: E402
@@ -209,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"interrupted: {e or 'stopped'}; finish with: python -m tune_cifar.run {args.study} --resume "
               f"--storage-path {args.storage_path} (and the same options)", file=sys.stderr)
         return 130
+    print(next_steps(args.storage_path, study), flush=True)
     failed = sum(df.attrs.get("failed_trials", 0) for df in frames.values())
     if failed:
         print(f"error: {failed} trial(s) failed (their errors are in the trial folders under {args.storage_path}); "

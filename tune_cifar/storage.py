@@ -51,6 +51,14 @@ def read_bytes(path: str | os.PathLike) -> bytes | None:
     return Path(path).read_bytes() if Path(path).is_file() else None
 
 
+def exists(path: str | os.PathLike) -> bool:
+    """Whether anything (a file, a folder) is at `path`."""
+    if is_uri(path):
+        pafs, fs, inner = _filesystem(str(path))
+        return fs.get_file_info(inner).type != pafs.FileType.NotFound
+    return Path(path).exists()
+
+
 def read_text(path: str | os.PathLike) -> str | None:
     data = read_bytes(path)
     return None if data is None else data.decode()

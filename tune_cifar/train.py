@@ -1,6 +1,7 @@
 """The training loop: plain PyTorch, no Ray. One call trains one configuration.
 
     python -m tune_cifar.train --data-dir DIR --lr 0.05 --epochs 15   # one JSON line per epoch on stdout
+    python -m tune_cifar.train --from RESULTS/STUDY/<trial folder>/run_info.json [--set FIELD=VALUE ...]
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
+from tune_cifar import rerun
 from tune_cifar.config import ConfigError, TrainConfig, add_config_flags, config_from_args
-from tune_cifar.data import CifarData, DataError, DeviceData, EpochPlan, load_cifar, require_dataset
+from tune_cifar.data import CifarData, DataError, DeviceData, EpochPlan, data_summary, load_cifar, require_dataset
 from tune_cifar.mixing import MixupPlan, draw_mixing, mixup, mixup_loss_and_hits  # noqa: F401 (re-exported)
 from tune_cifar.models import build_for
 from tune_cifar.schedules import PER_STEP, lr_at, schedule_lr  # noqa: F401 (lr_at re-exported)
@@ -274,10 +276,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tune_cifar.train",
                                      description="Train one configuration without Ray; JSON metrics per epoch on stdout.")
     add_config_flags(parser)
+    rerun.add_flags(parser)
     args = parser.parse_args(argv)
     try:
-        cfg = config_from_args(args)
+        cfg = rerun.config_from_run_info(args, argv) if args.rerun else config_from_args(args)
         data = load_cifar(cfg.data_dir, cfg.download, cfg.dataset)
+        if args.rerun:
+            rerun.warn_if_other_data(args, data_summary(data))
         device = pick_device(cfg.device)
     except (ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -29,10 +29,11 @@ from tune_cifar.train import CheckpointMismatch, TrainState, pick_device, train
 CHECKPOINT_FILE = "state.pt"
 
 
-# The default cadence's floor: a checkpoint costs the same (26 MB for MobileNet, model + momentum buffers)
+# The default cadence's floor: a checkpoint costs the same (26.6 MB for MobileNet, model + momentum buffers)
 # whether an epoch takes 1 s or 10 min, and what it buys is the work a killed trial would repeat. So a
 # run saves at most every 5 minutes of its own time; storage traffic per trial-hour stays bounded on fast
-# devices, and a short trial writes none.
+# devices. The final epoch is the exception: its weights are what the study trained (tune_cifar.export),
+# so a trial that reaches it always saves it, and a short trial writes that one only.
 MIN_CHECKPOINT_GAP_S = 300.0
 
 
@@ -55,12 +56,15 @@ def checkpoint_due(epoch: int, epochs: int, diverged: bool, options: TrialOption
     """Whether the state after `epoch` (1-based) is saved; `since_saved_s`: seconds since this run's last
     checkpoint, or since it started.
 
-    The scheduler's epochs always are (PBT clones them). `--checkpoint-every N` saves every Nth epoch and
-    the last, exactly. The default saves on checkpoint_interval's cadence and the last epoch, once at least
+    The final epoch always is (its weights are the trial's result, kept for export and reruns), and so are
+    the scheduler's epochs (PBT clones them). `--checkpoint-every N` saves every Nth epoch and the last,
+    exactly. The default saves on checkpoint_interval's cadence, and a diverged epoch, once at least
     `min_checkpoint_gap_s` have passed since the last save: a kill then repeats at most that long plus one
     cadence step, and a resumed trial's metrics are identical whichever checkpoint it resumes from (all
     randomness is drawn from (seed, epoch), train.py), so fewer checkpoints cost nothing in what resume gives.
     """
+    if epoch >= epochs:
+        return True
     if options.also_every is not None and epoch % options.also_every == 0:
         return True
     every = options.checkpoint_every or checkpoint_interval(epochs)
@@ -98,7 +102,7 @@ def train_trial(config: dict[str, Any], data: CifarData, options: TrialOptions =
                    "donor": exploit["donor"] if exploit else None}
         exploit = None  # only the first epoch after an exploit names its donor
         due = checkpoint_due(state.epoch, cfg.epochs, metrics["diverged"], options, time.monotonic() - saved_at)
-        _report(metrics, {**state.state_dict(), "trial_id": trial_id} if due else None)
+        _report(metrics, {**state.state_dict(), "trial_id": trial_id, **splits.statistics()} if due else None)
         if due:
             saved_at = time.monotonic()
 
@@ -144,7 +148,7 @@ def train_group(config: dict[str, Any], data: CifarData, options: TrialOptions =
         result = {"epoch": epoch, "val_acc": best["val_acc"], "val_loss": best["val_loss"], "members": members}
         due = checkpoint_due(epoch, cfgs[0].epochs, any(m["diverged"] for m in members.values()), options,
                              time.monotonic() - saved_at)
-        _report(result, state.state_dict() if due else None)
+        _report(result, {**state.state_dict(), **splits.statistics()} if due else None)
         if due:
             saved_at = time.monotonic()
 
