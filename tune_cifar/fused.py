@@ -88,11 +88,11 @@ from tune_cifar.fusion import FlatViews, fuse_models, fused_sgd_
 from tune_cifar.schema import CHECKPOINT_FIELDS
 from tune_cifar.schedules import PER_STEP, schedule_lr
 from tune_cifar.train import (CheckpointMismatch, MixupPlan, OutOfMemory, TrainState, is_oom, pick_device,
-                              resolve_runtime, set_fp32_matmul)
+                              resolve_runtime, restore_cuda_rng, set_determinism, set_fp32_matmul)
 
 # Fields every member of a group must share: one network shape, one data stream, one arithmetic.
 GROUP_FIELDS = ("model", "epochs", "batch_size", "split_seed", "val_fraction", "data_dir", "download", "device",
-                "precision", "channels_last", "compile", "eval_batch_size")
+                "precision", "channels_last", "compile", "deterministic", "eval_batch_size")
 # Fields each member has for itself.
 MEMBER_FIELDS = ("lr", "schedule", "step_milestones", "step_gamma", "warmup_epochs", "weight_decay", "momentum",
                  "mixup_alpha", "seed")
@@ -291,6 +291,8 @@ class FusedState:
             self.epoch = int(state["epoch"])
             self.diverged_at = [None if d is None else int(d) for d in state["diverged_at"]]
             self._load_members(members)
+            if self.device.type == "cuda":  # as TrainState: the visible GPUs' states, a misfit is a mismatch
+                restore_cuda_rng(members[0].get("cuda_rng", []))
             self._frozen_bn = {}
             for k, d in enumerate(self.diverged_at):
                 if d is not None:  # its BatchNorm statistics and step count as they were when it diverged
@@ -374,6 +376,7 @@ def _train_fused(cfgs: Sequence[TrainConfig], data: CifarData | DeviceData, on_e
     state = FusedState(cfgs, data.device)
     if resume_from is not None:
         state.load_state_dict(resume_from)
+    set_determinism(group_cfg.deterministic)
     if data.device.type == "cuda":
         set_fp32_matmul(group_cfg.precision)
     autocast = torch.autocast(data.device.type, dtype=torch.bfloat16, enabled=group_cfg.precision == "bf16")
