@@ -44,6 +44,24 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+class Budget:
+    """One part's share of `--budget-s`: over() once its deadline has passed; allows_another() whether one
+    more round as long as the longest so far still fits. No deadline (None): everything runs."""
+
+    def __init__(self, deadline: float | None):
+        self.deadline = deadline  # time.perf_counter() seconds
+        self.longest = 0.0
+
+    def over(self) -> bool:
+        return self.deadline is not None and time.perf_counter() > self.deadline
+
+    def allows_another(self) -> bool:
+        return self.deadline is None or time.perf_counter() + self.longest <= self.deadline
+
+    def round_took(self, seconds: float) -> None:
+        self.longest = max(self.longest, seconds)
+
+
 class _Enough(Exception):
     """Raised from train()'s epoch callback once enough was timed (not a RuntimeError: train() lets it through)."""
 
