@@ -52,7 +52,7 @@ class Sizes:
     fused_k: tuple[int, ...]  # fused group sizes
 
 
-# On a GPU the figures must mean something; on a CPU (CI) the same code must run, quickly.
+# On a GPU the figures must mean something; on a CPU (CI) the same code must run, quickly (K = 1, 2 there).
 SIZES = {"cuda": Sizes(batch_size=128, steps=40, eval_images=1000, min_timed_s=2.0, fused_k=(1, 4, 8)),
          "cpu": Sizes(batch_size=8, steps=2, eval_images=16, min_timed_s=0.0, fused_k=(1, 2))}
 
