@@ -258,10 +258,17 @@ def test_a_failing_part_is_recorded_the_others_run_and_the_json_is_written_after
 
     monkeypatch.setattr(cli, "bench_augment", augment)
     monkeypatch.setattr(cli, "bench_pack", pack)
-    args = cli.parse_args(["--device", "cpu", "--skip-train", "--skip-tune", "--skip-fused", "--json", str(path)])
+    monkeypatch.setattr(cli, "bench_train", lambda args, device, budget=None: {
+        "default_variant": "v", "train_gflop_per_image": 0.3, "steps": 1, "batch_size": 8, "repeats": 1,
+        "min_timed_s": 0.0, "reference": {"images_per_s": 1.0, "ms_per_step": 8000.0, "dataloader_workers": 0},
+        "ours": {"v": {"images_per_s": 2.0, "eval_images_per_s": 4.0, "ms_per_step": 4000.0, "speedup": 2.0,
+                       "default": True}, "w": {"error": "RuntimeError: compile", "default": False}}, "speedup": 2.0})
+    args = cli.parse_args(["--device", "cpu", "--skip-tune", "--skip-fused", "--json", str(path)])
     result = cli.run_bench(args)
     assert result["augment"] == {"error": "RuntimeError: no DataLoader workers here"}
     assert on_disk[0]["augment"] == result["augment"] and "pack" not in on_disk[0]
     assert json.loads(path.read_text())["pack"]["rows"][0]["k"] == 1 and result["trial_memory_mib"] == 60.0
     table = report.format_table(result)
     assert "augment: RuntimeError: no DataLoader workers here" in table and "3. packing" in table
+    assert "ours w" in table and "failed: RuntimeError: compile" in table  # a failed variant, beside the others
+    assert result["projection"]["variant"] == "v" and result["train_speedup"] == 2.0

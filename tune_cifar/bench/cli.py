@@ -62,7 +62,8 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             result[name] = {"error": f"{type(e).__name__}: {str(e)[:500]}"}
         write_json(args.json, result)
     ok = {name: result.get(name) for name in parts if not failed(result.get(name))}
-    result["projection"] = projection(ok, device) if ok.get("train") else None
+    view = {k: v for k, v in result.items() if not failed(v)}  # the machine, and the parts that ran
+    result["projection"] = projection(view, device) if ok.get("train") else None
     result["load_average_1m_at_end"] = os.getloadavg()[0]
     result["elapsed_s"] = time.perf_counter() - start
     if device.type == "cpu" and ok.get("pack"):
