@@ -263,7 +263,7 @@ def step_fused(ctx: Context) -> dict[str, Any]:
     rows = []
     for k in s.fused_k:
         cfgs = member_configs(k, base)
-        fused, sequential = run_fused(cfgs, dd), run_sequential(cfgs, dd)
+        fused, sequential = run_fused(cfgs, dd, s.min_timed_s), run_sequential(cfgs, dd, s.min_timed_s)
         rows.append({"k": k, "fused_images_per_s": fused["images_per_s"],
                      "sequential_images_per_s": sequential["images_per_s"],
                      "fused_vs_sequential": fused["images_per_s"] / sequential["images_per_s"],
