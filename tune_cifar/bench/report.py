@@ -82,7 +82,7 @@ def format_table(r: dict[str, Any]) -> str:
         lines += [f"\n2. training MobileNet ({t['steps']} steps of {t['batch_size']} per timed epoch, each after a warm-up "
                   f"epoch; fastest of {t['repeats']} rounds; {t['train_gflop_per_image']:.3f} GFLOP/image)",
                   f"   {'loop':<50}{'images/s':>12}{'ms/step':>10}{'vs ref':>8}",
-                  f"   {'reference: template, DataLoader ' + str(t['reference']['dataloader_workers']) + ' workers, fp32, TF32 conv':<50}"
+                  f"   {'reference: template, ' + str(t['reference']['dataloader_workers']) + ' workers, fp32 (TF32 conv)':<50}"
                   f"{fmt(t['reference']['images_per_s']):>12}{fmt(t['reference']['ms_per_step']):>10}{'1.00x':>8}"]
         for name, v in t["ours"].items():
             label = f"ours {name}" + (" (default)" if v["default"] else "")
