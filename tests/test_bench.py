@@ -205,3 +205,72 @@ def test_part_4_measures_overhead_and_storage_beside_checkpoints_every_epoch(tmp
     for line in ("4. Tune overhead", "actor start", "written to storage per trial-epoch",
                  "checkpoint_bytes_per_trial_epoch"):
         assert line in proc.stdout
+
+
+def test_a_failed_run_never_replaces_a_figure_nor_is_compared_with_one():
+    from tune_cifar.bench.fused import keep_best
+
+    best = {}
+    failure = {"images_per_s": None, "peak_memory_mib": None, "error": "RuntimeError: graph capture"}
+    keep_best(best, (1, "graph"), failure)
+    assert best[1, "graph"] is failure  # the only record: the error is kept, to be shown
+    keep_best(best, (1, "graph"), {"images_per_s": 10.0})  # before issue 20: float > None, a TypeError
+    keep_best(best, (1, "graph"), dict(failure))  # before issue 20: overwrote the earlier success
+    keep_best(best, (1, "graph"), {"images_per_s": 5.0})
+    assert best[1, "graph"] == {"images_per_s": 10.0}
+
+
+def test_advice_counts_trials_by_memory_and_by_throughput():
+    from tune_cifar.bench.pack import advise
+
+    rows = [{"k": 1, "images_per_s": 1000.0}, {"k": 2, "images_per_s": 1900.0}, {"k": 4, "images_per_s": 2400.0},
+            {"k": 8, "images_per_s": 2450.0}]
+    big = advise(total_mib=143_000, trial_mib=1_500, rows=rows)  # an H200 holds 85 such trials, but K=4 is as fast
+    assert (big["trials_per_gpu"], big["limited_by"], big["gpus_per_trial"]) == (4, "throughput", 0.25)
+    small = advise(total_mib=8_000, trial_mib=3_000, rows=rows)
+    assert (small["trials_per_gpu"], small["limited_by"]) == (2, "memory")
+    assert advise(total_mib=1_000, trial_mib=3_000, rows=rows)["trials_per_gpu"] == 1
+
+
+def test_budget_runs_another_round_only_when_it_fits(monkeypatch):
+    clock = [100.0]
+    monkeypatch.setattr(common.time, "perf_counter", lambda: clock[0])
+    budget = common.Budget(deadline=130.0)
+    budget.round_took(20.0)
+    assert budget.allows_another() and not budget.over()
+    clock[0] = 115.0
+    assert not budget.allows_another() and not budget.over()  # 115 + 20 > 130
+    clock[0] = 131.0
+    assert budget.over()
+    assert common.Budget(None).allows_another() and not common.Budget(None).over()
+
+
+def test_a_failing_part_is_recorded_the_others_run_and_the_json_is_written_after_each(tmp_path, monkeypatch):
+    path = tmp_path / "b.json"
+    on_disk = []
+
+    def augment(args, device):
+        raise RuntimeError("no DataLoader workers here")
+
+    def pack(args, device, budget=None):
+        on_disk.append(json.loads(path.read_text()))  # what the earlier parts left
+        return {"steps": 1, "batch_size": 8, "rows": [{"k": 1, "threads": 2, "images_per_s": 5.0, "vs_k1": 1.0,
+                                                       "per_process_images_per_s": 5.0, "peak_memory_mib": 60.0}],
+                "best_k": 1, "packing_factor": 1.0}
+
+    monkeypatch.setattr(cli, "bench_augment", augment)
+    monkeypatch.setattr(cli, "bench_pack", pack)
+    monkeypatch.setattr(cli, "bench_train", lambda args, device, budget=None: {
+        "default_variant": "v", "train_gflop_per_image": 0.3, "steps": 1, "batch_size": 8, "repeats": 1,
+        "min_timed_s": 0.0, "reference": {"images_per_s": 1.0, "ms_per_step": 8000.0, "dataloader_workers": 0},
+        "ours": {"v": {"images_per_s": 2.0, "eval_images_per_s": 4.0, "ms_per_step": 4000.0, "speedup": 2.0,
+                       "default": True}, "w": {"error": "RuntimeError: compile", "default": False}}, "speedup": 2.0})
+    args = cli.parse_args(["--device", "cpu", "--skip-tune", "--skip-fused", "--json", str(path)])
+    result = cli.run_bench(args)
+    assert result["augment"] == {"error": "RuntimeError: no DataLoader workers here"}
+    assert on_disk[0]["augment"] == result["augment"] and "pack" not in on_disk[0]
+    assert json.loads(path.read_text())["pack"]["rows"][0]["k"] == 1 and result["trial_memory_mib"] == 60.0
+    table = report.format_table(result)
+    assert "augment: RuntimeError: no DataLoader workers here" in table and "3. packing" in table
+    assert "ours w" in table and "failed: RuntimeError: compile" in table  # a failed variant, beside the others
+    assert result["projection"]["variant"] == "v" and result["train_speedup"] == 2.0

@@ -10,7 +10,7 @@ from torch import nn
 from tune_cifar import models
 from tune_cifar.config import ConfigError, TrainConfig
 from tune_cifar.data import read_cifar100, write_synthetic
-from tune_cifar.fused import FusedState, compatible, group_configs, train_fused, unsupported_fields
+from tune_cifar.fused import FusedState, compatible, group_configs, resolve_group, train_fused, unsupported_fields
 from tune_cifar.fusion import fuse_models, fused_sgd_
 from tune_cifar.bench.fused import bench_fused, bench_methods, format_fused
 from tune_cifar.train import CheckpointMismatch, TrainState, resolve_runtime, train
@@ -293,3 +293,31 @@ def test_a_cpu_group_never_touches_cuda(data, monkeypatch):
     cfgs = [BASE.replace(epochs=1, seed=1), BASE.replace(epochs=1, seed=2, lr=0.02)]
     _, groups, states = run_fused(cfgs, data)
     assert calls == [] and not any("cuda_rng" in m for m in groups[1]["members"] + states)
+
+
+def test_per_member_hparams_are_made_on_the_device_once_and_only_a_changed_lr_is_refreshed(monkeypatch):
+    # Before issue 20 every epoch rebuilt the (numel,) member index on the CPU and copied it to the device.
+    from tune_cifar.fusion import FlatViews
+
+    cfgs = [BASE.replace(seed=i, lr=0.05 * (i + 1), weight_decay=(0.0, 5e-4, 1e-4)[i]) for i in range(3)]
+    state = FusedState(resolve_group(cfgs, torch.device("cpu")), torch.device("cpu"))
+    owner = state.layout.member_index(torch.device("cpu"))  # the reference: which member owns each element
+    built = []
+    real_blocks = FlatViews.blocks
+    monkeypatch.setattr(FlatViews, "blocks", lambda self, device: built.append(device) or real_blocks(self, device))
+    monkeypatch.setattr(FlatViews, "member_index", lambda *a: pytest.fail("member index rebuilt in an epoch"))
+    seen = []
+    for epoch in range(3):
+        lrs = [c.lr * (0.5 ** epoch) for c in cfgs]
+        state.set_epoch_hparams(lrs)
+        h = state.hparams
+        assert torch.equal(h["lr"], torch.tensor(lrs)[owner]) and h["lr"].dtype == state.flat.dtype
+        assert torch.equal(h["weight_decay"], torch.tensor([c.weight_decay for c in cfgs])[owner])
+        assert h["momentum"] == 0.9 and h["active"] is None  # shared: a float; all active: no mask
+        seen.append((h["lr"], h["weight_decay"]))
+    assert len(built) == 1  # the member runs, once
+    assert seen[0][1] is seen[1][1] is seen[2][1]  # weight decay did not change: the same tensor, not rebuilt
+    assert seen[0][0] is not seen[1][0]
+    state.diverged_at[1] = 1
+    state.set_epoch_hparams(lrs)
+    assert torch.equal(state.hparams["active"], (owner != 1))

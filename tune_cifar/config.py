@@ -59,6 +59,9 @@ class TrainConfig:
     precision: str = "auto"  # "auto" (bf16 autocast on cuda, fp32 on cpu), "fp32" or "bf16"
     channels_last: bool = True  # NHWC memory format for model and batches (faster on cuda and cpu)
     compile: bool = False  # torch.compile the model (cuda only)
+    # cuDNN deterministic kernels + torch.use_deterministic_algorithms(warn_only=True): bit-exact reruns and
+    # resumes on CUDA for models without adaptive pooling (README, Performance); off: faster, not bit-exact.
+    deterministic: bool = False
     eval_batch_size: int = 1000  # images per forward pass when evaluating
 
     @classmethod

@@ -181,6 +181,19 @@ class FlatViews:
         owners = torch.arange(self.members).repeat(len(sizes))  # member of each (tensor, member) block
         return owners.repeat_interleave(sizes.repeat_interleave(self.members)).to(device)
 
+    def blocks(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(owner, length), each (tensors * members,) int64 in memory order: the buffer is runs of one
+        member's elements, run j owned by member owner[j] for length[j] elements."""
+        sizes = torch.tensor([(b - a) // self.members for a, b in zip(self.offsets, self.offsets[1:])])
+        owner = torch.arange(self.members).repeat(len(sizes))
+        return owner.to(device), sizes.repeat_interleave(self.members).to(device)
+
+    def spread(self, values: torch.Tensor, blocks: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """(numel,) one value per member (values (members,), on the blocks' device) over each member's elements;
+        made on the device from K values (no (numel,) index, no host copy of numel elements)."""
+        owner, length = blocks
+        return values[owner].repeat_interleave(length, output_size=self.numel)
+
     def member_slice(self, flat: torch.Tensor, i: int, k: int) -> torch.Tensor:
         """Tensor i's rows of member k, in the member's own shape (a view)."""
         shape, _ = self.specs[i]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from typing import Any, Callable
@@ -51,14 +52,46 @@ def resolve_runtime(cfg: TrainConfig) -> TrainConfig:
 
 
 def set_fp32_matmul(precision: str) -> None:
-    """fp32 means IEEE fp32 on CUDA too: PyTorch's cuDNN convolutions default to TF32 (10-bit mantissa)."""
-    value = "ieee" if precision == "fp32" else "tf32"
+    """fp32 means IEEE fp32 on CUDA too: PyTorch's cuDNN convolutions default to TF32 (10-bit mantissa).
+
+    Set through the legacy flags: on torch >= 2.9 they set the newer `fp32_precision` ones to match, and
+    both APIs stay readable. Setting only the newer ones leaves cuDNN's root flag at "none", after which
+    reading `cudnn.allow_tf32`, `matmul.allow_tf32` or `get_float32_matmul_precision()`, or entering
+    `cudnn.flags()`, raises "mix of the legacy and new APIs" (reproduced on 2.14; Inductor reads them:
+    pytorch#166387, torch.compile crashing on 2.9-2.10).
+    """
+    tf32 = precision != "fp32"
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+
+
+def precision_state() -> dict[str, Any]:
+    """The switches a run's arithmetic depends on, read back through both APIs (a mix would raise here)."""
+    state = {"matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+             "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+             "float32_matmul_precision": torch.get_float32_matmul_precision(),
+             "cudnn_deterministic": torch.backends.cudnn.deterministic,
+             "deterministic_algorithms": torch.are_deterministic_algorithms_enabled()}
     if hasattr(torch.backends.cuda.matmul, "fp32_precision"):  # torch >= 2.9
-        torch.backends.cuda.matmul.fp32_precision = value
-        torch.backends.cudnn.conv.fp32_precision = value
-    else:
-        torch.backends.cuda.matmul.allow_tf32 = value == "tf32"
-        torch.backends.cudnn.allow_tf32 = value == "tf32"
+        state.update(matmul_fp32_precision=torch.backends.cuda.matmul.fp32_precision,
+                     conv_fp32_precision=torch.backends.cudnn.conv.fp32_precision)  # "none" when TF32 is off
+    return state
+
+
+def set_determinism(deterministic: bool) -> None:
+    """Pinned by every run, so a process that trains configurations in turn never inherits another's.
+
+    On CUDA, cuDNN's weight-gradient kernels may sum in a different order from one call to the next;
+    deterministic picks kernels that do not, and torch.use_deterministic_algorithms covers the rest (cuBLAS
+    needs CUBLAS_WORKSPACE_CONFIG, read when this process makes its first cuBLAS handle). warn_only: an op
+    without a deterministic CUDA kernel (adaptive_avg_pool2d's backward: resnet18, wide_resnet) warns
+    instead of failing the trial, and that model's runs are not bit-exact (README, Performance).
+    """
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = deterministic
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
 
 
 def make_optimizer(params, cfg: TrainConfig) -> torch.optim.SGD:
@@ -114,17 +147,26 @@ class TrainState:
                 group.update(momentum=self.cfg.momentum, weight_decay=self.cfg.weight_decay)
             self.epoch = int(state["epoch"])
             torch.set_rng_state(state["torch_rng"])
-            if self.device.type == "cuda":
-                restore_cuda_rng(state.get("cuda_rng", []))
         except (KeyError, RuntimeError, TypeError, ValueError) as e:
             raise CheckpointMismatch(f"checkpoint does not fit this run ({type(e).__name__}: {e})") from None
+        if self.device.type == "cuda":
+            restore_cuda_rng(state.get("cuda_rng", []))
 
 
 def restore_cuda_rng(states: list[torch.Tensor]) -> None:
     """The saved states of the GPUs visible here. A run trains on its first visible GPU, so a checkpoint
-    saved where more were visible (a restart on a smaller node) keeps what matters; a CPU run touches none."""
-    for index, rng in enumerate(states[:torch.cuda.device_count()]):
-        torch.cuda.set_rng_state(rng, index)
+    saved where more were visible (a restart on a smaller node) keeps what matters; a CPU run touches none.
+
+    Any failure is a CheckpointMismatch, so the trial starts over instead of crashing: torch raises
+    IndexError for a device index it does not have (not one of the errors a state_dict load raises),
+    RuntimeError for a state of another generator's size, TypeError for a saved value that is no tensor.
+    """
+    try:
+        for index, rng in enumerate(list(states)[:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(rng, index)
+    except Exception as e:  # noqa: BLE001 (whatever torch raises here, the checkpoint does not fit)
+        raise CheckpointMismatch(f"checkpoint's CUDA RNG states do not fit the GPUs here "
+                                 f"({type(e).__name__}: {e})") from None
 
 
 EpochCallback = Callable[[dict[str, Any], TrainState], None]
@@ -191,6 +233,7 @@ def _train(cfg: TrainConfig, data: CifarData | DeviceData, on_epoch: EpochCallba
     state = TrainState(cfg, device)
     if resume_from is not None:
         state.load_state_dict(resume_from)
+    set_determinism(cfg.deterministic)
     if device.type == "cuda":
         set_fp32_matmul(cfg.precision)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")

@@ -44,6 +44,56 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+class Budget:
+    """One part's share of `--budget-s`: over() once its deadline has passed; allows_another() whether one
+    more round as long as the longest so far still fits. No deadline (None): everything runs."""
+
+    def __init__(self, deadline: float | None):
+        self.deadline = deadline  # time.perf_counter() seconds
+        self.longest = 0.0
+
+    def over(self) -> bool:
+        return self.deadline is not None and time.perf_counter() > self.deadline
+
+    def allows_another(self) -> bool:
+        return self.deadline is None or time.perf_counter() + self.longest <= self.deadline
+
+    def round_took(self, seconds: float) -> None:
+        self.longest = max(self.longest, seconds)
+
+
+class _Enough(Exception):
+    """Raised from train()'s epoch callback once enough was timed (not a RuntimeError: train() lets it through)."""
+
+
+def train_for(cfg: TrainConfig, dd: DeviceData, min_timed_s: float, max_epochs: int = 100) -> list[dict[str, Any]]:
+    """train() for one warm-up epoch (compilation, cuDNN's first calls), then whole epochs until at least
+    `min_timed_s` of training steps are timed (on a GPU a short epoch is dominated by its fixed costs, so a
+    step count says little); every epoch's metrics, with `train_s`, the first being the warm-up."""
+    epochs: list[dict[str, Any]] = []
+
+    def on_epoch(metrics: dict[str, Any], state: Any) -> None:
+        epochs.append({**metrics, "train_s": dd.num_train / metrics["images_per_s"]})
+        if len(epochs) >= 2 and sum(e["train_s"] for e in epochs[1:]) >= min_timed_s:
+            raise _Enough
+
+    try:
+        train(cfg.replace(epochs=max_epochs), dd, on_epoch)
+    except _Enough:
+        pass
+    return epochs
+
+
+def timed_figures(epochs: list[dict[str, Any]], dd: DeviceData, batch_size: int) -> dict[str, float]:
+    """images/s and ms/step over the epochs after the warm-up (train_for); eval images/s over their evaluations."""
+    timed = epochs[1:] or epochs
+    train_s = sum(e["train_s"] for e in timed)
+    eval_s = sum(e["epoch_s"] - e["train_s"] for e in timed)
+    steps = -(-dd.num_train // batch_size) * len(timed)
+    return {"timed_epochs": len(timed), "timed_s": train_s, "images_per_s": dd.num_train * len(timed) / train_s,
+            "ms_per_step": 1000 * train_s / steps, "eval_images_per_s": len(dd.val_x) * len(timed) / max(eval_s, 1e-9)}
+
+
 def interleaved_best(runs: dict[str, Any], rounds: int) -> dict[str, float]:
     """Seconds of the fastest call of each run(), called in turn for `rounds` rounds after one untimed call
     each: on a shared machine a burst of other work then slows one round of every run, not one run."""

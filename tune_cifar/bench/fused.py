@@ -34,7 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tune_cifar.bench.common import fmt, peak_mib, reset_peak, run_workers, timed_worker
+from tune_cifar.bench.common import Budget, _Enough, fmt, peak_mib, reset_peak, run_workers, timed_worker, train_for
 from tune_cifar.config import TrainConfig
 from tune_cifar.data import NUM_CLASSES, CifarData, DeviceData, synthetic_images
 from tune_cifar.fused import FusedState, GroupPlan, fused_batches, fused_step, resolve_group, train_fused
@@ -76,22 +76,46 @@ def member_configs(k: int, base: TrainConfig) -> list[TrainConfig]:
 # In-process runs: fused and sequential, second epoch timed
 
 
-def run_fused(cfgs: list[TrainConfig], dd: DeviceData) -> dict[str, Any]:
+def run_fused(cfgs: list[TrainConfig], dd: DeviceData, min_timed_s: float = 0.0) -> dict[str, Any]:
+    """train_fused: a warm-up epoch, then whole epochs until at least min_timed_s are timed (common.train_for)."""
     reset_peak(dd.device)
     seconds: list[float] = []
-    train_fused(cfgs, dd, lambda i, m, s: seconds.append(dd.num_train / m["images_per_s"])
-                if i == s.reporting[0] and m["epoch"] == 2 else None)
-    return {"images_per_s": len(cfgs) * dd.num_train / seconds[-1], "peak_memory_mib": peak_mib(dd.device)}
+
+    def on_epoch(i: int, metrics: dict[str, Any], state: FusedState) -> None:
+        if i == state.reporting[0]:
+            seconds.append(dd.num_train / metrics["images_per_s"])
+            if len(seconds) >= 2 and sum(seconds[1:]) >= min_timed_s:
+                raise _Enough
+
+    try:
+        train_fused([c.replace(epochs=100) for c in cfgs], dd, on_epoch)
+    except _Enough:
+        pass
+    timed = seconds[1:] or seconds
+    return {"images_per_s": len(cfgs) * dd.num_train * len(timed) / sum(timed), "peak_memory_mib": peak_mib(dd.device)}
 
 
-def run_sequential(cfgs: list[TrainConfig], dd: DeviceData) -> dict[str, Any]:
+def run_sequential(cfgs: list[TrainConfig], dd: DeviceData, min_timed_s: float = 0.0) -> dict[str, Any]:
+    """K train() runs in turn, each timed as run_fused times the group (its share of min_timed_s each)."""
     reset_peak(dd.device)
-    total = 0.0
+    images, total = 0, 0.0
     for cfg in cfgs:
-        last: dict[str, Any] = {}
-        train(cfg, dd, lambda m, s: last.update(m))
-        total += dd.num_train / last["images_per_s"]
-    return {"images_per_s": len(cfgs) * dd.num_train / total, "peak_memory_mib": peak_mib(dd.device)}
+        timed = train_for(cfg, dd, min_timed_s / len(cfgs))[1:]
+        images += dd.num_train * len(timed)
+        total += sum(e["train_s"] for e in timed)
+    return {"images_per_s": images / total, "peak_memory_mib": peak_mib(dd.device)}
+
+
+def keep_best(best: dict[tuple[int, str], dict[str, Any]], key: tuple[int, str], r: dict[str, Any]) -> None:
+    """The fastest run of each (K, kind); a failed run (images_per_s None, with its error) is kept only while no
+    run of that kind has succeeded, and never compared with a figure."""
+    old = best.get(key)
+    if r.get("images_per_s") is None:
+        if old is None:
+            best[key] = r
+        return
+    if old is None or old.get("images_per_s") is None or r["images_per_s"] > old["images_per_s"]:
+        best[key] = r
 
 
 def run_graph(cfgs: list[TrainConfig], dd: DeviceData, steps: int) -> dict[str, Any]:
@@ -248,33 +272,46 @@ def bench_methods(args: argparse.Namespace, device: torch.device) -> dict[str, A
 # The benchmark
 
 
-def bench_fused(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
-    """Fused vs sequential vs packed at each K in args.k; see the module docstring for what is timed."""
+def bench_fused(args: argparse.Namespace, device: torch.device, budget: Budget | None = None) -> dict[str, Any]:
+    """Fused vs sequential vs packed at each K in args.k; see the module docstring for what is timed. Each
+    run in its own try (a failure is recorded with its error, the others go on); rounds after the first, and
+    K's once the budget is spent, are skipped."""
     load_start = os.getloadavg()[0]
+    min_s = getattr(args, "min_timed_s", None)
+    min_s = min_s if min_s is not None else (2.0 if device.type == "cuda" else 0.0)
     base = TrainConfig(model=args.model, batch_size=args.batch_size, epochs=2, device=device.type)
     dd = bench_data(args.steps * args.batch_size, args.batch_size, device)
     best: dict[tuple[int, str], dict[str, Any]] = {}
-
-    def keep(k: int, kind: str, r: dict[str, Any]) -> None:
-        if (k, kind) not in best or r["images_per_s"] > best[k, kind]["images_per_s"]:
-            best[k, kind] = r
+    kinds: dict[str, Callable[[list[TrainConfig], int], dict[str, Any]]] = {
+        "fused": lambda cfgs, k: run_fused(cfgs, dd, min_s), "sequential": lambda cfgs, k: run_sequential(cfgs, dd, min_s)}
+    if device.type == "cuda":
+        kinds["graph"] = lambda cfgs, k: run_graph(cfgs, dd, args.steps)
+    if not args.skip_pack:
+        kinds["packed"] = lambda cfgs, k: run_packed(k, args, device)
 
     for round_ in range(args.repeats):  # rounds interleave the kinds: a burst of other load slows all of them
+        t_round = time.perf_counter()
+        if round_ and budget and not budget.allows_another():
+            log(f"round {round_ + 1} skipped: the part's budget would not hold another")
+            break
         for k in args.k:
+            if budget and budget.over() and (round_ or (k, "fused") in best):
+                log(f"K={k} skipped: the part's time budget was spent")
+                continue
             cfgs = member_configs(k, base)
-            log(f"round {round_ + 1}/{args.repeats}, K={k}: fused, sequential, packed "
-                f"({args.steps} steps of {args.batch_size} per member)")
-            keep(k, "fused", run_fused(cfgs, dd))
-            keep(k, "sequential", run_sequential(cfgs, dd))
-            if device.type == "cuda":
+            log(f"round {round_ + 1}/{args.repeats}, K={k}: {', '.join(kinds)} "
+                f"({args.steps} steps of {args.batch_size} per member, at least {min_s:.1f} s timed)")
+            for kind, run in kinds.items():
                 try:
-                    keep(k, "graph", run_graph(cfgs, dd, args.steps))
-                except Exception as e:  # never let the graph variant sink the benchmark; say why
-                    best[k, "graph"] = {"images_per_s": None, "peak_memory_mib": None, "error": f"{type(e).__name__}: {e}"}
-            if not args.skip_pack:
-                keep(k, "packed", run_packed(k, args, device))
+                    r = run(cfgs, k)
+                except Exception as e:  # noqa: BLE001 (recorded; never lets one kind sink the benchmark)
+                    r = {"images_per_s": None, "peak_memory_mib": None, "error": f"{type(e).__name__}: {e}"[:500]}
+                    log(f"K={k} {kind} failed: {r['error']}")
+                keep_best(best, (k, kind), r)
+        if budget:
+            budget.round_took(time.perf_counter() - t_round)
     rows = []
-    for k in args.k:
+    for k in (k for k in args.k if (k, "fused") in best or (k, "sequential") in best):
         row: dict[str, Any] = {"k": k}
         for kind in ("fused", "sequential", "packed", "graph"):
             r = best.get((k, kind), {})
@@ -283,9 +320,8 @@ def bench_fused(args: argparse.Namespace, device: torch.device) -> dict[str, Any
             if "error" in r:
                 row[f"{kind}_error"] = r["error"]
         row["packed_threads"] = best.get((k, "packed"), {}).get("threads")
-        row["fused_vs_sequential"] = row["fused_images_per_s"] / row["sequential_images_per_s"]
-        row["fused_vs_packed"] = (row["fused_images_per_s"] / row["packed_images_per_s"]
-                                  if row["packed_images_per_s"] else None)
+        row["fused_vs_sequential"] = ratio(row["fused_images_per_s"], row["sequential_images_per_s"])
+        row["fused_vs_packed"] = ratio(row["fused_images_per_s"], row["packed_images_per_s"])
         rows.append(row)
 
     def top(kind: str) -> float | None:
@@ -298,12 +334,16 @@ def bench_fused(args: argparse.Namespace, device: torch.device) -> dict[str, Any
         "machine": machine(device), "model": args.model, "batch_size": args.batch_size, "steps": args.steps,
         "repeats": args.repeats, "rows": rows,
         "fused_speedup": fused_best / top("packed") if top("packed") else None,  # best fused over best packing
-        "fused_vs_sequential": fused_best / top("sequential"),
-        "fused_k1_vs_plain": k1["fused_images_per_s"] / k1["sequential_images_per_s"] if k1 else None,
+        "fused_vs_sequential": ratio(fused_best, top("sequential")),
+        "fused_k1_vs_plain": ratio(k1["fused_images_per_s"], k1["sequential_images_per_s"]) if k1 else None,
         "methods": bench_methods(args, device) if args.methods else None,
         "load_average_1m": [load_start, os.getloadavg()[0]],  # at start and end
     }
     return result
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a and b else None
 
 
 def machine(device: torch.device) -> dict[str, Any]:
@@ -326,8 +366,9 @@ def format_fused(r: dict[str, Any]) -> str:
                      f"{fmt(row['fused_vs_sequential'], '.2f') + 'x':>11}{fmt(row['fused_vs_packed'], '.2f') + 'x':>12}"
                      f"{fmt(row['fused_peak_memory_mib']):>11}{fmt(row['sequential_peak_memory_mib']):>9}"
                      f"{fmt(row['packed_peak_memory_mib']):>12}")
-        if row.get("graph_error"):
-            lines.append(f"    K={row['k']}: CUDA graph variant failed: {row['graph_error'][:200]}")
+        for kind in ("fused", "sequential", "packed", "graph"):
+            if row.get(f"{kind}_error"):
+                lines.append(f"    K={row['k']}: {kind} failed: {row[f'{kind}_error'][:200]}")
     lines.append(f"fused_speedup {fmt(r['fused_speedup'], '.2f')} (best fused over best packed)  "
                  f"fused_vs_sequential {fmt(r['fused_vs_sequential'], '.2f')}  "
                  f"fused_k1_vs_plain {fmt(r['fused_k1_vs_plain'], '.2f')}")

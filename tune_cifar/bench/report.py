@@ -36,9 +36,6 @@ def projection(result: dict[str, Any], device: torch.device) -> dict[str, Any] |
     achieved = train_part["train_gflop_per_image"] * 1e9 * best["images_per_s"]
     out.update(achieved_tflops=achieved / 1e12, peak_tflops=peak / 1e12 if peak else None,
                fraction_of_peak=achieved / peak if peak else None)
-    if device.type == "cuda" and "peak_memory_mib" in best:
-        bench_bytes = (train_part["steps"] * train_part["batch_size"]) * 3 * 32 * 32
-        out["trial_memory_mib"] = best["peak_memory_mib"] + (FULL_DATA_BYTES - bench_bytes) / 2**20
     return out
 
 
@@ -60,8 +57,15 @@ def machine(device: torch.device) -> dict[str, Any]:
             "python": platform.python_version()}
 
 
+PARTS = ("augment", "train", "pack", "tune", "fused")
+
+
 def format_table(r: dict[str, Any]) -> str:
     m = r["machine"]
+    failed = {n: r[n]["error"] for n in PARTS if isinstance(r.get(n), dict) and set(r[n]) == {"error"}}
+    r = {**r, **{n: None for n in failed if n != "tune"}}
+    if "tune" in failed:
+        r.pop("tune")
     lines = [f"tune_cifar.bench on {m['device']} ({m['device_name']}, {m['cpu_cores']} cores), torch {m['torch']}, "
              f"ray {m['ray'] or 'not installed'}, data {r['data']}; load average {m['load_average_1m']:.2f} at "
              f"start, {r['load_average_1m_at_end']:.2f} at end"]
@@ -78,10 +82,13 @@ def format_table(r: dict[str, Any]) -> str:
         lines += [f"\n2. training MobileNet ({t['steps']} steps of {t['batch_size']} per timed epoch, each after a warm-up "
                   f"epoch; fastest of {t['repeats']} rounds; {t['train_gflop_per_image']:.3f} GFLOP/image)",
                   f"   {'loop':<50}{'images/s':>12}{'ms/step':>10}{'vs ref':>8}",
-                  f"   {'reference: template, DataLoader ' + str(t['reference']['dataloader_workers']) + ' workers, fp32':<50}"
+                  f"   {'reference: template, ' + str(t['reference']['dataloader_workers']) + ' workers, fp32 (TF32 conv)':<50}"
                   f"{fmt(t['reference']['images_per_s']):>12}{fmt(t['reference']['ms_per_step']):>10}{'1.00x':>8}"]
         for name, v in t["ours"].items():
             label = f"ours {name}" + (" (default)" if v["default"] else "")
+            if "error" in v:
+                lines.append(f"   {label:<50}  failed: {v['error'][:120]}")
+                continue
             lines.append(f"   {label:<50}{fmt(v['images_per_s']):>12}{fmt(v['ms_per_step']):>10}"
                          f"{fmt(v['speedup'], '.2f') + 'x':>8}")
         if "host_syncs_per_step" in t:
@@ -109,9 +116,15 @@ def format_table(r: dict[str, Any]) -> str:
                   f"achieved {q['achieved_tflops']:.3f} TFLOP/s of training; peak "
                   f"{fmt(q['peak_tflops'], '.0f') if q['peak_tflops'] else 'unknown'} TFLOP/s"
                   + (f" ({100 * q['fraction_of_peak']:.1f}%)" if q['fraction_of_peak'] else "")]
-        if "trial_memory_mib" in q:
-            lines.append(f"one trial's device memory: {q['trial_memory_mib']:,.0f} MiB (peak allocated, with the full "
-                         f"CIFAR-100 resident); choose --gpus-per-trial from it")
+        if r.get("trial_memory_mib") and m["device"] == "cuda":
+            lines.append(f"one trial's device memory: {r['trial_memory_mib']:,.0f} MiB (measured in a fresh process: CUDA "
+                         f"context, allocator cache, the full CIFAR-100 resident, evaluation batches of 1000)")
+    if r.get("advice"):
+        a = r["advice"]
+        lines.append(f"advice: {a['trials_per_gpu']} trials per GPU, --gpus-per-trial {a['gpus_per_trial']:.3g} "
+                     f"({a['why']})")
+    for name, error in failed.items():
+        lines.append(f"\n{name}: {error[:300]}")
     lines.append(f"\naugment_speedup {fmt(r['augment_speedup'], '.2f')}  train_speedup {fmt(r['train_speedup'], '.2f')}  "
                  f"tune_overhead_s_per_trial {fmt(r['tune_overhead_s_per_trial'], '.2f')}  "
                  f"checkpoint_bytes_per_trial_epoch {fmt(r.get('checkpoint_bytes_per_trial_epoch'), ',.0f')}")

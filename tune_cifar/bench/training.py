@@ -9,11 +9,11 @@ from typing import Any
 import torch
 
 from tune_cifar.bench.baseline import reference_epoch, reference_model, template_loader
-from tune_cifar.bench.common import device_data, log
+from tune_cifar.bench.common import Budget, device_data, log, train_for
 from tune_cifar.config import TrainConfig
 from tune_cifar.data import DeviceData
 from tune_cifar.models import build_model
-from tune_cifar.train import train
+from tune_cifar.train import precision_state, set_determinism, train
 
 
 def train_variants(device: torch.device) -> dict[str, dict[str, Any]]:
@@ -37,58 +37,118 @@ def is_default(overrides: dict[str, Any], device: torch.device) -> bool:
             and overrides.get("compile", False) == base.compile)
 
 
-def run_ours(cfg: TrainConfig, dd: DeviceData) -> dict[str, Any]:
-    """train() over dd for 2 epochs (the first warms up and compiles); the second epoch's figures."""
-    epochs: list[dict[str, Any]] = []
+def run_ours(cfg: TrainConfig, dd: DeviceData, min_timed_s: float) -> dict[str, Any]:
+    """train() over dd: a warm-up epoch (compilation, cuDNN's first calls), then whole epochs until at least
+    min_timed_s of steps are timed (common.train_for); per-epoch seconds of training and of evaluation (val)."""
     if dd.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dd.device)
-    train(cfg.replace(epochs=2), dd, lambda metrics, state: epochs.append(dict(metrics)))
-    last = epochs[-1]
-    train_s = dd.num_train / last["images_per_s"]
-    out = {"train_s": train_s, "eval_s": last["epoch_s"] - train_s}  # the last epoch evaluates val and test
+    epochs = train_for(cfg, dd, min_timed_s)
+    timed = epochs[1:]
+    out = {"train_s": sum(e["train_s"] for e in timed) / len(timed),
+           "eval_s": sum(e["epoch_s"] - e["train_s"] for e in timed) / len(timed), "timed_epochs": len(timed),
+           "precision_state": precision_state()}  # as the run left it: what it ran with
     if dd.device.type == "cuda":
         out["peak_memory_mib"] = torch.cuda.max_memory_allocated(dd.device) / 2**20
+        out["peak_reserved_mib"] = torch.cuda.max_memory_reserved(dd.device) / 2**20
     return out
 
 
-def bench_train(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+# The template ran with PyTorch's defaults, pinned before each of its epochs so it never inherits what a
+# variant of ours set: TF32 convolutions (cuDNN's default), IEEE fp32 matmuls, no determinism.
+REFERENCE_PRECISION = "fp32 with torch's defaults: TF32 convolutions, IEEE matmul"
+
+
+def pin_reference_precision() -> None:
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = True
+    set_determinism(False)
+
+
+def reference_run(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loader: Any, device: torch.device,
+                  min_timed_s: float) -> tuple[float, int]:
+    """Template epochs until at least min_timed_s: seconds and images."""
+    seconds, images = 0.0, 0
+    while True:
+        pin_reference_precision()
+        t0 = time.perf_counter()
+        _, _, n = reference_epoch(model, optimizer, loader, device)
+        seconds, images = seconds + time.perf_counter() - t0, images + n
+        if seconds >= min_timed_s:
+            return seconds, images
+
+
+def bench_train(args: argparse.Namespace, device: torch.device, budget: Budget | None = None) -> dict[str, Any]:
+    """Every variant in its own try: one that fails (a compile on a new GPU) is recorded and the others run.
+    Rounds after the first run only while the part's budget allows another (cli.Budget)."""
     steps, batch = args.train_steps, args.batch_size
+    min_s = min_timed_s(args, device)
     dd = device_data(steps * batch, args.eval_images, device, args.data_dir)
     model, optimizer = reference_model(0, device)
     loader = template_loader(dd, batch, args.ref_workers)
+    pin_reference_precision()
     reference_epoch(model, optimizer, loader, device)  # warm-up epoch, as ours has
     variants = train_variants(device)
     best: dict[str, dict[str, Any]] = {}
+    errors: dict[str, str] = {}
+    ref = (float("inf"), 1)
     for round_ in range(args.train_repeats):  # rounds interleave the loops (see interleaved_best)
+        t_round = time.perf_counter()
+        if round_ and budget and not budget.allows_another():
+            log(f"train: round {round_ + 1} skipped: the part's budget would not hold another")
+            break
         log(f"train: round {round_ + 1}/{args.train_repeats}: reference loop, {steps} steps of {batch} "
-            f"(DataLoader with {args.ref_workers} workers)")
-        t0 = time.perf_counter()
-        _, _, images = reference_epoch(model, optimizer, loader, device)
-        ref_s = min(time.perf_counter() - t0, best.get("reference", {}).get("train_s", float("inf")))
-        best["reference"] = {"train_s": ref_s}
+            f"(DataLoader with {args.ref_workers} workers), at least {min_s:.1f} s timed")
+        seconds, images = reference_run(model, optimizer, loader, device, min_s)
+        if seconds / images < ref[0] / ref[1]:
+            ref = (seconds, images)
         for name, overrides in variants.items():
-            log(f"train: round {round_ + 1}/{args.train_repeats}: our loop, {name} (a warm-up and a timed epoch)")
-            result = run_ours(TrainConfig(device=device.type, batch_size=batch, **overrides), dd)
+            if budget and budget.over():
+                errors.setdefault(name, "skipped: the part's time budget was spent")
+                continue
+            log(f"train: round {round_ + 1}/{args.train_repeats}: our loop, {name} (a warm-up epoch, then {min_s:.1f} s)")
+            try:
+                result = run_ours(TrainConfig(device=device.type, batch_size=batch, **overrides), dd, min_s)
+            except Exception as e:  # noqa: BLE001 (recorded; the other variants still run)
+                errors.setdefault(name, f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}")
+                log(f"train: {name} failed: {errors[name]}")
+                continue
             if name not in best or result["train_s"] < best[name]["train_s"]:
                 best[name] = result
+        if budget:
+            budget.round_took(time.perf_counter() - t_round)
     del loader
-    ref_rate = images / best["reference"]["train_s"]
-    reference = {"images_per_s": ref_rate, "ms_per_step": 1000 * best["reference"]["train_s"] / steps,
-                 "dataloader_workers": args.ref_workers}
+    ref_rate = ref[1] / ref[0]
+    reference = {"images_per_s": ref_rate, "ms_per_step": 1000 * batch / ref_rate,
+                 "dataloader_workers": args.ref_workers, "precision": REFERENCE_PRECISION}
     ours = {}
     for name, overrides in variants.items():
+        if name not in best:
+            ours[name] = {"error": errors.get(name, "did not run"), "default": is_default(overrides, device)}
+            continue
         r = best[name]
         ours[name] = {"images_per_s": dd.num_train / r["train_s"], "ms_per_step": 1000 * r["train_s"] / steps,
-                      "eval_images_per_s": (len(dd.val_x) + len(dd.test_x)) / max(r["eval_s"], 1e-9),
+                      "eval_images_per_s": len(dd.val_x) / max(r["eval_s"], 1e-9),
                       "speedup": dd.num_train / r["train_s"] / ref_rate, "default": is_default(overrides, device),
-                      **({"peak_memory_mib": r["peak_memory_mib"]} if "peak_memory_mib" in r else {})}
-    default = next((n for n, v in ours.items() if v["default"]), max(ours, key=lambda n: ours[n]["images_per_s"]))
-    out = {"steps": steps, "repeats": args.train_repeats, "batch_size": batch, "reference": reference, "ours": ours,
-           "default_variant": default, "speedup": ours[default]["speedup"],
+                      "timed_epochs": r["timed_epochs"], "precision_state": r["precision_state"],
+                      **{k: r[k] for k in ("peak_memory_mib", "peak_reserved_mib") if k in r}}
+    ran = [n for n, v in ours.items() if "images_per_s" in v]
+    if not ran:
+        raise RuntimeError(f"every variant of our loop failed: {errors}")
+    default = next((n for n in ran if ours[n]["default"]), max(ran, key=lambda n: ours[n]["images_per_s"]))
+    out = {"steps": steps, "repeats": args.train_repeats, "batch_size": batch, "min_timed_s": min_s,
+           "reference": reference, "ours": ours, "default_variant": default, "speedup": ours[default]["speedup"],
            "train_gflop_per_image": train_flops_per_image() / 1e9}
     if device.type == "cuda":
         out["host_syncs_per_step"] = host_syncs_per_step(dd, batch)
     return out
+
+
+def min_timed_s(args: argparse.Namespace, device: torch.device) -> float:
+    """--min-timed-s, or by default 2 s on a GPU (where a few steps are mostly fixed costs) and 0 on a CPU
+    (one whole epoch: its steps take long enough)."""
+    if args.min_timed_s is not None:
+        return args.min_timed_s
+    return 2.0 if device.type == "cuda" else 0.0
 
 
 def train_flops_per_image() -> float:
