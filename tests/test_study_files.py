@@ -68,6 +68,12 @@ def test_the_study_is_the_one_the_file_defines(example):
      "METRIC must be one of val_acc, val_loss, train_acc, train_loss (reported every epoch), not 'val_accuracy'"),
     ('"""Doc."""\nSPACE = {"lr": [0.1]}\nMODE = "maximise"\n', "MODE must be 'max' or 'min', not 'maximise'"),
     ('"""Doc."""\nimport no_such_module\n', "cannot be loaded: ModuleNotFoundError: No module named 'no_such_module'"),
+    ('"""Doc."""\nimport sys\nsys.exit(3)\n', "cannot be loaded: SystemExit: 3"),
+    ('"""Doc."""\nSPACE = {"lr": 0.1}\n', "SPACE['lr'] must be a list of values or a Tune domain, not 0.1"),
+    ('"""Doc."""\nSPACE = {"weight_decay": "5e-4"}\n', "SPACE['weight_decay'] must be a list of values"),
+    ('"""Doc."""\nCHAIN = []\n', "CHAIN must be a non-empty list of study names, not []"),
+    ('"""Doc."""\nCHAIN = "lr"\n', "CHAIN must be a non-empty list of study names, not 'lr'"),
+    ('"""Doc."""\nCHAIN = ["lr", "other/my_study.py"]\n', "CHAIN names built-in studies only, not the file(s) other/my_study.py"),
 ])
 def test_a_file_that_breaks_the_contract_is_one_error_naming_what(source, says, tmp_path, capsys):
     path = tmp_path / "broken.py"

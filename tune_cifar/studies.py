@@ -181,7 +181,7 @@ def load_study_file(path: str | os.PathLike) -> Study:
     module = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(module)
-    except Exception as e:
+    except (Exception, SystemExit) as e:  # a module calling sys.exit() is a broken study, not the runner's exit
         raise StudyError(f"{path} cannot be loaded: {type(e).__name__}: {e}") from None
     return study_from_module(module, name, str(path))
 
@@ -207,9 +207,19 @@ def study_from_module(module: ModuleType, name: str, where: str) -> Study:
                          f"search_spaces/__init__.py lists what a study module defines")
     description = str(getattr(module, "DESCRIPTION", None) or module.__doc__).strip()
     if hasattr(module, "CHAIN"):
-        for sub in module.CHAIN:
+        chain = module.CHAIN
+        if not isinstance(chain, (list, tuple)) or not chain or not all(isinstance(s, str) for s in chain):
+            raise StudyError(f"{where}: CHAIN must be a non-empty list of study names, not {chain!r}")
+        files = [s for s in chain if is_study_file(s)]
+        if files:  # the chain's folders and chain.json are keyed by built-in names
+            raise StudyError(f"{where}: CHAIN names built-in studies only, not the file(s) {', '.join(files)}")
+        for sub in chain:
             load_study(sub)
-        return Study(name, description, getattr(module, "TITLE", name), chain=tuple(module.CHAIN))
+        return Study(name, description, getattr(module, "TITLE", name), chain=tuple(chain))
+    bad = [k for k, v in module.SPACE.items() if not (is_domain(v) or isinstance(v, (list, tuple)))]
+    if bad:
+        raise StudyError(f"{where}: SPACE[{bad[0]!r}] must be a list of values or a Tune domain, "
+                         f"not {module.SPACE[bad[0]]!r}")
     space = {k: (v if is_domain(v) else list(v)) for k, v in module.SPACE.items()}
     plan = SearchPlan(search=getattr(module, "SEARCH", "grid" if not sampled_fields(space) else "random"),
                       **{field: getattr(module, attr) for attr, field in PLAN_ATTRIBUTES.items() if hasattr(module, attr)})
