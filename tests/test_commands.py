@@ -89,3 +89,22 @@ def test_train_refuses_a_name_outside_the_choices(capsys):
         train_main(["--schedule", "linear"])
     assert exit_.value.code == 2
     assert "invalid choice: 'linear'" in capsys.readouterr().err
+
+
+def test_rerun_flags_without_from_are_refused_not_ignored(capsys):
+    from tune_cifar import train
+
+    for argv in (["--set", "lr=0.5"], ["--member", "3"]):
+        assert train.main([*argv, "--data-dir", "/nonexistent", "--no-download", "--epochs", "1"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: --set and --member change a rerun's"), err
+
+
+def test_the_regenerate_hint_writes_a_cifar10_smoke_trials_data_again():
+    from tune_cifar.rerun import regenerate_hint
+
+    smoke10 = {"generated": True, "train_images": 1000, "test_images": 200, "classes": 10}
+    hint = regenerate_hint(smoke10, "cifar10")
+    assert "synthetic --dataset cifar10 --out DIR --train 1000 --test 200 --classes 10 --noise 30" in hint
+    hint100 = regenerate_hint({**smoke10, "classes": 40})
+    assert "--dataset" not in hint100 and "--classes 40" in hint100

@@ -48,7 +48,7 @@ def config_from_run_info(args: argparse.Namespace, argv: list[str] | None) -> Tr
     data = info.get("data") or {}
     if recorded.get("data_dir") == GENERATED and "data_dir" not in changes:
         raise ConfigError(f"the trial trained on generated data, which was not kept: write it again and pass "
-                          f"--set data_dir=DIR ({regenerate_hint(data)})")
+                          f"--set data_dir=DIR ({regenerate_hint(data, recorded.get('dataset', 'cifar100'))})")
     if data.get("generated") and "download" not in changes:
         changes["download"] = False  # a missing folder must not become the real CIFAR-100 in its place
     cfg = TrainConfig.from_dict({**recorded, **changes})
@@ -105,14 +105,18 @@ def parse_sets(items: list[str]) -> dict[str, Any]:
     return pairs
 
 
-def regenerate_hint(data: dict[str, Any]) -> str:
+def regenerate_hint(data: dict[str, Any], dataset: str = "cifar100") -> str:
     """How to write the trial's generated data again: a --smoke run's exactly, else what is known of it."""
+    from tune_cifar.data import RELEASES
     from tune_cifar.run import SMOKE
 
+    dataset = dataset if dataset in RELEASES else "cifar100"
+    classes = min(SMOKE["classes"], RELEASES[dataset].classes)  # as run.write_smoke writes them
     sizes = (data.get("train_images"), data.get("test_images"), data.get("classes"))
-    if sizes == (SMOKE["train"], SMOKE["test"], SMOKE["classes"]):
-        return (f"a --smoke run's: python -m tune_cifar.data synthetic --out DIR --train {SMOKE['train']} "
-                f"--test {SMOKE['test']} --classes {SMOKE['classes']} --noise {SMOKE['noise']:g} "
+    if sizes == (SMOKE["train"], SMOKE["test"], classes):
+        flag = f" --dataset {dataset}" if dataset != "cifar100" else ""
+        return (f"a --smoke run's: python -m tune_cifar.data synthetic{flag} --out DIR --train {SMOKE['train']} "
+                f"--test {SMOKE['test']} --classes {classes} --noise {SMOKE['noise']:g} "
                 f"--label-noise {SMOKE['label_noise']:g}")
     return (f"{sizes[0]} train and {sizes[1]} test images of {sizes[2]} classes, from python -m tune_cifar.data "
             f"synthetic with the options it was written with")

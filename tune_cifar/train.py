@@ -322,6 +322,9 @@ def main(argv: list[str] | None = None) -> int:
     rerun.add_flags(parser)
     args = parser.parse_args(argv)
     try:
+        if not args.rerun and (args.overrides or args.member is not None):
+            raise ConfigError("--set and --member change a rerun's recorded configuration: give --from "
+                              "RUN_INFO, or set a field with its own flag (--lr 0.1)")
         cfg = rerun.config_from_run_info(args, argv) if args.rerun else config_from_args(args)
         data = load_cifar(cfg.data_dir, cfg.download, cfg.dataset)
         if args.rerun:
