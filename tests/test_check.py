@@ -86,6 +86,8 @@ def test_json_is_written_after_every_step_so_a_stuck_step_keeps_what_came_before
     (["--device", "cpu", "--steps", "train,warp"], "unknown step(s) warp"),
     (["--device", "cpu", "--json", "/no/such/folder/x.json"], "no such folder"),
     (["--device", "cpu", "--threads", "0"], "must be >= 1"),
+    (["--device", "cpu", "--steps", ","], "names no step"),
+    (["--device", "cpu", "--json", "/tmp"], "is a folder"),
 ])
 def test_bad_input_is_one_line_and_exit_2(capsys, argv, message):
     with pytest.raises(SystemExit) as e:
@@ -108,3 +110,25 @@ def test_nothing_on_its_path_imports_ray():
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
+
+
+def test_an_existing_record_is_kept_unless_forced(tmp_path, capsys):
+    path = tmp_path / "gpu_check.json"
+    path.write_text('{"steps": ["the only GPU record"]}')
+    with pytest.raises(SystemExit) as e:
+        check.parse_args(["--device", "cpu", "--json", str(path), "--steps", "environment"])
+    assert e.value.code == 2 and "exists" in capsys.readouterr().err
+    assert "the only GPU record" in path.read_text()
+    assert check.main(["--device", "cpu", "--json", str(path), "--steps", "environment", "--force"]) == 0
+    assert [s["name"] for s in json.loads(path.read_text())["steps"]] == ["environment"]
+
+
+def test_the_projection_takes_no_gain_from_k_1(monkeypatch):
+    ctx = check.Context(check.torch.device("cpu"), check.SIZES["cpu"])
+    ctx.found["train"] = {check.DEFAULT_VARIANT["cpu"]: {"images_per_s": 100.0, "eval_images_per_s": 400.0}}
+    ctx.found["fused"] = {"rows": [{"k": 1, "fused_vs_sequential": 1.37}, {"k": 2, "fused_vs_sequential": 1.1}]}
+    out = check.step_projection(ctx)
+    assert out["best_fused_k"] == 2 and out["k1_fused_vs_sequential"] == 1.37
+    assert out["device_hours_fused"] == pytest.approx(out["device_hours_one_at_a_time"] / 1.1)
+    ctx.found["fused"] = {"rows": [{"k": 1, "fused_vs_sequential": 1.37}]}
+    assert "device_hours_fused" not in check.step_projection(ctx)  # K=1 alone fuses nothing

@@ -355,8 +355,12 @@ def step_projection(ctx: Context) -> dict[str, Any]:
     out = {"study": "all", "trial_epochs": epochs, "trials": trials, "variant_images_per_s": default["images_per_s"],
            "device_hours_one_at_a_time": hours}
     rows = (ctx.found.get("fused") or {}).get("rows") or []
-    if rows:
-        best = max(rows, key=lambda r: r["fused_vs_sequential"])
+    # K=1 fuses nothing: its ratio says how alike the two loops are timed, not a gain, so only K > 1 may
+    # shorten the projection
+    out["k1_fused_vs_sequential"] = next((r["fused_vs_sequential"] for r in rows if r["k"] == 1), None)
+    fused = [r for r in rows if r["k"] > 1]
+    if fused:
+        best = max(fused, key=lambda r: r["fused_vs_sequential"])
         out.update(best_fused_k=best["k"], fused_vs_sequential=best["fused_vs_sequential"],
                    device_hours_fused=hours / max(best["fused_vs_sequential"], 1.0))
     return out
@@ -518,6 +522,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads (default: torch's on cuda, 1 on cpu: a CPU run checks the code, not its speed, "
                         "and one thread stays quick on a shared CI machine, where more contend)")
+    p.add_argument("--force", action="store_true", help="replace an existing --json file (kept by default: on a "
+                   "short GPU lease it may be the only record)")
     args = p.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.threads is not None and args.threads < 1:
@@ -525,6 +531,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     names = [n for n, _, _ in STEPS]
     args.only = [s.strip() for s in args.steps.split(",") if s.strip()] if args.steps else names
     unknown = sorted(set(args.only) - set(names))
+    if not args.only:
+        p.error(f"--steps {args.steps!r} names no step; steps: {', '.join(names)}")
     if unknown:
         p.error(f"unknown step(s) {', '.join(unknown)}; steps: {', '.join(names)}")
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -532,6 +540,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                 f"{torch.version.cuda}); use --device cpu")
     if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
         p.error(f"--json {args.json}: no such folder")
+    if args.json and os.path.isdir(args.json):
+        p.error(f"--json {args.json} is a folder; name a file in it")
+    if args.json and os.path.exists(args.json) and not args.force:
+        p.error(f"--json {args.json} exists; name another file, or add --force to replace it")
     return args
 
 
