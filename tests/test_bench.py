@@ -274,3 +274,17 @@ def test_a_failing_part_is_recorded_the_others_run_and_the_json_is_written_after
     assert "augment: RuntimeError: no DataLoader workers here" in table and "3. packing" in table
     assert "ours w" in table and "failed: RuntimeError: compile" in table  # a failed variant, beside the others
     assert result["projection"]["variant"] == "v" and result["train_speedup"] == 2.0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--device", "cpu", "--json", "/no/such/folder/b.json"], "--json /no/such/folder/b.json: no such folder"),
+    (["--device", "cuda"], "no CUDA device is visible"),
+])
+def test_a_bad_json_path_or_a_missing_gpu_is_one_line_before_anything_runs(argv, message, capsys, monkeypatch):
+    from tune_cifar.bench import cli
+
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    with pytest.raises(SystemExit) as e:
+        cli.parse_args(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and message in err[-1], err

@@ -16,6 +16,7 @@ from tune_cifar.bench.pack import bench_pack, pack_worker
 from tune_cifar.bench.report import format_table, machine, projection
 from tune_cifar.bench.training import bench_train
 from tune_cifar.bench.tune import bench_tune
+from tune_cifar.config import ConfigError
 from tune_cifar.train import pick_device
 
 
@@ -147,6 +148,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("sizes, counts and K must be >= 1")
     if (args.budget_s is not None and args.budget_s <= 0) or (args.min_timed_s is not None and args.min_timed_s < 0):
         p.error("--budget-s must be > 0 and --min-timed-s >= 0")
+    if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
+        p.error(f"--json {args.json}: no such folder")  # found at the first part's end, it lost that part
+    if not args.worker:
+        try:
+            pick_device(args.device)
+        except ConfigError as e:
+            p.error(str(e))
     return args
 
 
