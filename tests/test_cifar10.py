@@ -284,3 +284,17 @@ def test_a_report_on_real_cifar10_names_it_and_compares_with_nothing_published(t
     ten = md.split("ranked (CIFAR-10)")[1].split("\n## ")[0]
     assert "| lr |" in ten and "| wd |" not in ten and "0.6983" not in ten
     assert {"tables/ranking_cifar10.md", "tables/ranking_cifar100.md"} <= set(report.files)
+
+
+def test_too_few_training_images_for_five_batch_files_is_refused_and_writes_nothing(tmp_path, capsys):
+    from tune_cifar.data import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["synthetic", "--dataset", "cifar10", "--train", "2", "--test", "1", "--out", str(tmp_path / "d")])
+    assert e.value.code == 2 and "--train must be >= 5 for CIFAR-10" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
+    assert main(["synthetic", "--dataset", "cifar10", "--train", "5", "--test", "1", "--out", str(tmp_path / "d")]) == 0
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(SystemExit):
+        main(["synthetic", "--out", str(tmp_path / "f")])
+    assert (tmp_path / "f").read_text() == "x"

@@ -217,6 +217,9 @@ def write_synthetic(out: str | os.PathLike, num_train: int = 2000, num_test: int
     """
     release = RELEASES[dataset]
     classes = release.classes if classes is None else classes
+    if num_train < len(release.train_files):
+        raise ValueError(f"{release.title} keeps its training images in {len(release.train_files)} files: "
+                         f"num_train must be >= {len(release.train_files)}")
     root = Path(out) / release.folder
     root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -407,8 +410,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     release = RELEASES[args.dataset]
     classes = release.classes if args.classes is None else args.classes
-    if args.train < 2 or args.test < 1:
-        parser.error("--train must be >= 2 and --test >= 1")
+    least = max(2, len(release.train_files))  # a split of 2+ images, and every release file gets one
+    if args.train < least or args.test < 1:
+        parser.error(f"--train must be >= {least} for {release.title} and --test >= 1")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        parser.error(f"--out {args.out} is a file; name a folder")
     if not 1 <= classes <= release.classes or args.noise < 0 or not 0 <= args.label_noise <= 1:
         parser.error(f"--classes must be in 1..{release.classes}, --noise >= 0 and --label-noise in [0, 1]")
     if has_dataset(args.out, args.dataset):
