@@ -18,6 +18,9 @@ from analysis.loading import tune_statuses  # noqa: F401 (tests import it from h
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
+# No test reaches the network: Ray would otherwise send usage statistics from every cluster it starts.
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
 
 @pytest.fixture(scope="session")
 def ray_session():

@@ -1,6 +1,7 @@
 """The console scripts (pyproject's [project.scripts]) and the flag help of `python -m tune_cifar.train`."""
 
 import importlib
+import os
 import sys
 import tomllib
 from dataclasses import fields
@@ -108,3 +109,17 @@ def test_the_regenerate_hint_writes_a_cifar10_smoke_trials_data_again():
     assert "synthetic --dataset cifar10 --out DIR --train 1000 --test 200 --classes 10 --noise 30" in hint
     hint100 = regenerate_hint({**smoke10, "classes": 40})
     assert "--dataset" not in hint100 and "--classes 40" in hint100
+
+
+def test_a_local_ray_is_started_with_usage_statistics_off(monkeypatch):
+    import ray
+
+    from tune_cifar import run
+
+    seen = {}
+    monkeypatch.delenv("RAY_USAGE_STATS_ENABLED", raising=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: seen.update(env=os.environ.get("RAY_USAGE_STATS_ENABLED")))
+    run._start_ray(None)
+    assert seen == {"env": "0"}  # Ray's default is on: it would send a report to usage-stats.ray.io

@@ -222,6 +222,9 @@ def main(argv: list[str] | None = None) -> int:
 def _start_ray(address: str | None) -> None:
     # With --checkpoint-every 1 on short trials Tune warns that its state is saved often; that is the point there.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Ray reports usage statistics over the network unless told not to; nothing here reaches the network
+    # but the optional CIFAR download (a user may still set RAY_USAGE_STATS_ENABLED=1)
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
 
     if ray.is_initialized():
