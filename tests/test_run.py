@@ -28,7 +28,10 @@ def test_smoke_chain_runs_every_trial_and_writes_every_epoch(smoke_all):
     for name, n_trials, n_trained in [("lr", 3, 3), ("lrs", 2, 1), ("wd", 2, 2), ("mixup", 2, 1)]:
         df = pd.read_parquet(storage / "all" / name / "results.parquet")
         assert df["trial_id"].nunique() == n_trials
-        assert set(df["status"]) == {"finished"}
+        if name == "lr":
+            assert_lr_statuses(df)
+        else:
+            assert set(df["status"]) == {"finished"}
         assert sorted(df.groupby("trial_id")["epoch"].apply(list).tolist()) == [[1, 2, 3, 4, 5]] * n_trials
         last = df[df["epoch"] == 5]
         assert last["test_acc"].notna().all() and df.loc[df["epoch"] < 5, "test_acc"].isna().all()
