@@ -60,7 +60,10 @@ def test_the_smoke_chain_learns_and_every_study_is_decided_by_a_margin(smoke_all
         assert top > second, (name, table)  # decided by a margin, not by the order of the grid
         assert top > 5 * chance, (name, table)
     lr = final_table(pd.read_parquet(storage / "all" / "lr" / "results.parquet"), ["lr"], "val_acc", "max")
-    assert lr["val_acc"].iloc[0] > 0.3 and lr.set_index("lr").loc[0.5, "val_acc"] < lr["val_acc"].iloc[0] - 0.2
+    assert lr.set_index("lr").loc[0.5, "val_acc"] < lr["val_acc"].iloc[0] - 0.2
+    # At a constant lr 0.05 the validation accuracy is still erratic after five epochs (0.275 on one machine's
+    # CPU, 0.660 on another's); the chain's last step, with the cosine schedule carried, learned on both
+    assert table["val_acc"].iloc[0] > 0.5, table  # 0.795 and 0.800
     assert not (table["val_acc"] >= 0.999).all()  # not trivial either
     assert "== mixup" in out and out.count("winner (val_acc, max)") == 4
 
