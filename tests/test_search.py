@@ -273,7 +273,9 @@ def test_pbt_exploit_continues_from_the_donor_with_its_own_mutated_lr(ray_sessio
     # a member's epochs follow its lineage: cloning a donor that is ahead skips epochs, one behind repeats
     # them (each trained epoch is a row: `iteration` counts them); every member ends at the last epoch
     assert (df.groupby("trial_id")["epoch"].last() == 4).all() and df["trial_id"].nunique() == 4
-    assert set(df["status"]) == {"finished"}
+    # a member near lr 0.2 may end above 46 nats (diverged by the ranking rule, as in the random-bounds test)
+    ends = df.groupby("trial_id")["status"].last()
+    assert set(ends) <= {"finished", "diverged"} and (ends == "finished").any(), ends.to_dict()
     assert all(g["iteration"].tolist() == list(range(1, len(g) + 1)) for _, g in df.groupby("trial_id"))
     t = analysis.trials(df.assign(experiment="pbtlr")).set_index("trial_id")
     assert (t["epochs_done"] == df.groupby("trial_id").size()).all() and not t["incomplete"].any()
