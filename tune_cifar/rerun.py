@@ -108,10 +108,10 @@ def parse_sets(items: list[str]) -> dict[str, Any]:
 def regenerate_hint(data: dict[str, Any], dataset: str = "cifar100") -> str:
     """How to write the trial's generated data again: a --smoke run's exactly, else what is known of it."""
     from tune_cifar.data import RELEASES
-    from tune_cifar.run import SMOKE
+    from tune_cifar.run import SMOKE, smoke_classes
 
     dataset = dataset if dataset in RELEASES else "cifar100"
-    classes = min(SMOKE["classes"], RELEASES[dataset].classes)  # as run.write_smoke writes them
+    classes = smoke_classes(dataset)
     sizes = (data.get("train_images"), data.get("test_images"), data.get("classes"))
     if sizes == (SMOKE["train"], SMOKE["test"], classes):
         flag = f" --dataset {dataset}" if dataset != "cifar100" else ""

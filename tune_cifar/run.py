@@ -167,9 +167,14 @@ def options(args: argparse.Namespace, data_dir: str) -> tuple[RunOptions, set[st
     return opts, given
 
 
+def smoke_classes(dataset: str) -> int:
+    """How many classes the smoke data of `dataset` has: SMOKE's 40, or all 10 of CIFAR-10."""
+    return min(SMOKE["classes"], RELEASES[dataset].classes)
+
+
 def write_smoke(folder: str, dataset: str = "cifar100") -> None:
     """The smoke data in `dataset`'s format: its 40 classes, or all 10 of CIFAR-10 (chance 0.1)."""
-    classes = min(SMOKE["classes"], RELEASES[dataset].classes)
+    classes = smoke_classes(dataset)
     write_synthetic(folder, SMOKE["train"], SMOKE["test"], seed=0, classes=classes, noise=SMOKE["noise"],
                     label_noise=SMOKE["label_noise"], dataset=dataset)
 
