@@ -245,7 +245,10 @@ def test_every_study_beyond_the_report_runs_through_tune(beyond_the_report):
         df = pd.read_parquet(storage / name / "results.parquet")
         (field, values), = load_study(name).space.items()
         assert sorted(df[f"config/{field}"].unique(), key=str) == sorted(values, key=str), name
-        assert set(df["status"]) == {"finished"} and (df["epoch"] == 1).all()
+        # One smoke epoch at lr 0.05 leaves BatchNorm's running statistics unsettled: a validation loss above
+        # the 46-nat rule (stop 25's CI, 2026-12-02) ends a trial `diverged`. Every trial still ran its epoch.
+        assert set(df["status"]) <= {"finished", "diverged"}, (name, set(df["status"]))
+        assert (df["epoch"] == 1).all() and len(df) == len(values), name
         assert f"== {name}:" in out and "winner (val_acc, max)" in out
 
 

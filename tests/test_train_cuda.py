@@ -45,7 +45,11 @@ def test_both_precision_apis_stay_readable_after_set_fp32_matmul(switches, preci
 def test_set_fp32_matmul_repairs_a_mix_left_by_the_newer_api(switches):
     if not hasattr(torch.backends.cuda.matmul, "fp32_precision"):
         pytest.skip("torch < 2.9 has only the legacy flags")
-    torch.backends.cudnn.conv.fp32_precision = "ieee"  # what the code before issue 20 did
+    # What the code before issue 20 did (conv to "ieee"), beside an RNN flag left at "tf32": the legacy read is
+    # then ambiguous. Both set here, since earlier tests in the process may have left the RNN flag at "ieee"
+    # (then conv "ieee" is no mix: stop 25's CI).
+    torch.backends.cudnn.rnn.fp32_precision = "tf32"
+    torch.backends.cudnn.conv.fp32_precision = "ieee"
     with pytest.raises(RuntimeError, match="mix of the legacy and new APIs"):
         torch.backends.cudnn.allow_tf32
     set_fp32_matmul("fp32")
