@@ -12,10 +12,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib import colormaps
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from scipy import stats
 
+from analysis import views
+from analysis.stats import trials as trial_rows
 from tune_cifar.storage import write_atomic
 
 LOSS_LABEL = "cross-entropy loss (nats per image)"
@@ -153,6 +157,124 @@ def beta_densities(alphas) -> Figure:
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     return fig
+
+
+def optimisation_history(df: pd.DataFrame, metric: str = "val_acc", mode: str = "max") -> Figure:
+    """Each trial's final `metric` in the order the trials ended (load()'s frame, or trials()'), and the best
+    so far; trials a scheduler stopped early are hollow and never the best (their epoch is not the last)."""
+    h = views.history(_trials(df), metric, mode)
+    fig = Figure(figsize=(8, 4.5), layout="constrained")
+    ax = fig.subplots()
+    counted = h[h["counted"]]
+    ax.scatter(counted["order"], counted[metric], color="tab:blue", s=18, label="trial's final value")
+    early = h[~h["counted"]]
+    if len(early):
+        ax.scatter(early["order"], early[metric], facecolors="none", edgecolors="tab:gray", s=18,
+                   label="stopped early (its last epoch, not counted)")
+    ax.plot(h["order"], h["best_so_far"], color="tab:red", drawstyle="steps-post", label="best so far")
+    ax.set_xlabel("trial, in the order trials ended")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel(f"final-epoch {metric}")
+    ax.set_title(f"Optimisation history ({len(h)} trials)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    return fig
+
+
+def parallel_coordinates(df: pd.DataFrame, fields: list[str] | None = None, metric: str = "val_acc",
+                         space: dict | None = None) -> Figure:
+    """One line per trial through an axis per varied field (and the metric last), coloured by `metric`."""
+    t = _trials(df)
+    fields = fields if fields is not None else views.varied_fields(t, space)
+    p = views.parallel(t, fields, metric, space)
+    fig = Figure(figsize=(max(6.0, 1.8 * (len(fields) + 1)), 4.5), layout="constrained")
+    ax = fig.subplots()
+    values = p[metric].astype(float)
+    low, high = float(values.min()), float(values.max())
+    norm = Normalize(low, high if high > low else low + 1e-9)
+    cmap = colormaps["viridis"]
+    metric_axis = (values - low) / (high - low) if high > low else values * 0 + 0.5
+    xs = list(range(len(fields) + 1))
+    for i in p.assign(_m=values).sort_values("_m").index:  # the best drawn last, on top
+        ys = [p.at[i, f"{k}_axis"] for k in fields] + [metric_axis[i]]
+        ax.plot(xs, ys, color=cmap(norm(values[i])), alpha=0.8, linewidth=1.2)
+    for x, k in enumerate(fields):
+        ax.axvline(x, color="black", linewidth=0.8)
+        lo, hi = _ends(p, k)
+        ax.text(x, -0.04, lo, ha="center", va="top", fontsize="small")
+        ax.text(x, 1.04, hi, ha="center", va="bottom", fontsize="small")
+    ax.axvline(len(fields), color="black", linewidth=0.8)
+    ax.text(len(fields), -0.04, f"{low:.3g}", ha="center", va="top", fontsize="small")
+    ax.text(len(fields), 1.04, f"{high:.3g}", ha="center", va="bottom", fontsize="small")
+    labels = [k + (" (log)" if views.is_numeric(p[k]) and views.log_scaled(p[k], (space or {}).get(k)) else "")
+              for k in fields] + [metric]
+    ax.set_xticks(xs, labels)
+    ax.set_yticks([])
+    ax.set_ylim(-0.12, 1.12)
+    ax.set_xlim(-0.3, len(fields) + 0.3)
+    for side in ("top", "right", "left"):
+        ax.spines[side].set_visible(False)
+    fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, label=f"final-epoch {metric}")
+    ax.set_title(f"Parallel coordinates ({len(p)} trials; each axis from the smallest value seen to the largest)")
+    return fig
+
+
+def hyperparameter_importance(df: pd.DataFrame, fields: list[str] | None = None, metric: str = "val_acc",
+                              mode: str = "max", space: dict | None = None) -> Figure:
+    """fANOVA's importance per varied field (analysis.views.importance), as bars, with the trials it rests on."""
+    t = _trials(df)
+    imp = views.importance(t, fields if fields is not None else views.varied_fields(t, space), metric, mode, space)
+    fig = Figure(figsize=(7, 0.5 * max(len(imp), 2) + 1.5), layout="constrained")
+    ax = fig.subplots()
+    ax.barh(imp["field"][::-1], imp["importance"][::-1], color="tab:blue")
+    ax.set_xlim(0, 1)
+    ax.set_xlabel(f"importance ({imp['method'].iloc[0] if len(imp) else 'fANOVA'}, sums to 1)")
+    n = int(imp["n_trials"].iloc[0]) if len(imp) else 0
+    warn = f"; fewer than {views.MIN_IMPORTANCE_TRIALS}: a hint only" if n < views.MIN_IMPORTANCE_TRIALS else ""
+    ax.set_title(f"Hyperparameter importance for {metric} ({n} counted trials{warn})")
+    ax.grid(alpha=0.3, axis="x")
+    return fig
+
+
+def field_scatter(df: pd.DataFrame, x: str | None = None, y: str | None = None, metric: str = "val_acc",
+                  space: dict | None = None) -> Figure:
+    """Two fields against each other, one point per trial coloured by `metric` (the first two varied
+    fields unless named); log axes where views.log_scaled says so."""
+    t = _trials(df)
+    if x is None or y is None:
+        x, y = views.varied_fields(t, space)[:2]
+    rows = t[t[metric].notna()]
+    fig = Figure(figsize=(6.5, 5), layout="constrained")
+    ax = fig.subplots()
+    xs, ys = [_plotted(rows[f"config/{k}"]) for k in (x, y)]
+    points = ax.scatter(xs, ys, c=rows[metric].astype(float), cmap="viridis", s=40, edgecolors="black",
+                        linewidths=0.4)
+    for axis, k, v in ((ax.xaxis, x, xs), (ax.yaxis, y, ys)):
+        if views.is_numeric(v) and views.log_scaled(v, (space or {}).get(k)):
+            (ax.set_xscale if axis is ax.xaxis else ax.set_yscale)("log")
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    fig.colorbar(points, ax=ax, label=f"final-epoch {metric}")
+    ax.set_title(f"{metric} over {x} and {y} ({len(rows)} trials)")
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def _trials(df: pd.DataFrame) -> pd.DataFrame:
+    """stats.trials()' one row per trial, from load()'s per-epoch frame (or that frame itself)."""
+    return df if "epochs_done" in df else trial_rows(df)
+
+
+def _plotted(values: pd.Series) -> pd.Series:
+    return values.astype(float) if views.is_numeric(values) else values.astype(str)
+
+
+def _ends(p: pd.DataFrame, k: str) -> tuple[str, str]:
+    """The labels at an axis's bottom and top: the smallest and largest value (categories: first and last)."""
+    if views.is_numeric(p[k]):
+        return f"{p[k].min():.3g}", f"{p[k].max():.3g}"
+    levels = sorted(p[k].astype(str).unique())
+    return levels[0], levels[-1] if len(levels) > 1 else ""
 
 
 def save(fig: Figure, stem: Path) -> list[Path]:

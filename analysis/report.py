@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis import budget, figures
+from analysis import budget, figures, views
 from analysis.loading import (IDENTITY_FIELDS, AnalysisError, format_value, load, read_chains, readable,
                               study_metadata)
 from analysis.published import tables_for
@@ -233,6 +233,7 @@ def _study_section(number: int, experiment: str, df: pd.DataFrame, t: pd.DataFra
         table.notes[:0] = [note] if note else []  # right under the table, and in its .md file
         blocks += _table_blocks(table, experiment, report)
     blocks += [Heading(3, "Figures")] + _figures(experiment, study, df, meta, report)
+    blocks += _search_views(experiment, t, meta, metric, mode, report)
     # (a study named "" has no published winner to compare with)
     blocks += [Heading(3, "Winner")] + _winner(study if note is None else "", t, s, metric, mode, keys)
     return blocks
@@ -324,6 +325,35 @@ def _figures(experiment: str, study: str, df: pd.DataFrame, meta: dict, report: 
         report.figures[rel] = fig
         blocks.append(Image(f"{rel}.png", alt))
     return blocks
+
+
+def _search_views(experiment: str, t: pd.DataFrame, meta: dict, metric: str, mode: str, report: Report
+                  ) -> list[Block]:
+    """For a sampled space or more than one varied field (analysis.views.applies): the optimisation history,
+    parallel coordinates, hyperparameter importance and, for two fields, their 2-D view; each figure's data
+    as CSV beside it. Nothing for a one-field grid, where the tables and curves already say it all."""
+    space = meta.get("space") or {}
+    if not views.applies(t, space):
+        return []
+    fields = views.varied_fields(t, space)
+    rel = "figures/" + figures.sanitise(f"{experiment}_")
+    imp = views.importance(t, fields, metric, mode, space)
+    made = [(figures.optimisation_history(t, metric, mode), "history", views.history(t, metric, mode),
+             f"optimisation history: each trial's final {metric} in end order, and the best so far"),
+            (figures.parallel_coordinates(t, fields, metric, space), "parallel", views.parallel(t, fields, metric, space),
+             f"parallel coordinates of {', '.join(fields)}, coloured by {metric}")]
+    if len(imp):
+        made.append((figures.hyperparameter_importance(t, fields, metric, mode, space), "importance", imp,
+                     "hyperparameter importance (fANOVA)"))
+    if len(fields) == 2:
+        made.append((figures.field_scatter(t, *fields, metric=metric, space=space), "scatter",
+                     views.parallel(t, fields, metric, space), f"{metric} over {fields[0]} and {fields[1]}"))
+    blocks: list[Block] = [Heading(3, "Search views")]
+    for fig, name, data, alt in made:
+        report.figures[rel + name] = fig
+        report.files[f"{rel}{name}.csv"] = data.to_csv(index=False)
+        blocks += [Image(f"{rel}{name}.png", alt), Para(f"Data: [{rel}{name}.csv]({rel}{name}.csv)")]
+    return blocks + [Para(views.importance_note(imp))]
 
 
 def _winner(study: str, t: pd.DataFrame, s: pd.DataFrame, metric: str, mode: str, keys: list[str]) -> list[Block]:

@@ -104,6 +104,8 @@ def _trial_row(g: pd.DataFrame) -> dict:
     # a fused group's members each report the group's epoch time on the group's resources: each pays its share
     share = paid * g["epoch_s"].fillna(0) / (g["fused_members"].fillna(1) if "fused_members" in g else 1)
     row["wall_s"] = float(share.sum())
+    # when it ended (its last epoch's report, seconds since the epoch): the optimisation history's order
+    row["end_time"] = float(pd.to_numeric(g["timestamp"], errors="coerce").max()) if "timestamp" in g else math.nan
     row["gpu_hours"] = float((share * gpu).sum() / 3600)
     row["cpu_hours"] = float((share * cpu).sum() / 3600)
     return row
