@@ -19,6 +19,7 @@ from matplotlib.ticker import MaxNLocator
 from scipy import stats
 
 from analysis import views
+from analysis.loading import AnalysisError
 from analysis.stats import trials as trial_rows
 from tune_cifar.storage import write_atomic
 
@@ -242,7 +243,11 @@ def field_scatter(df: pd.DataFrame, x: str | None = None, y: str | None = None, 
     fields unless named); log axes where views.log_scaled says so."""
     t = _trials(df)
     if x is None or y is None:
-        x, y = views.varied_fields(t, space)[:2]
+        varied = views.varied_fields(t, space)
+        if len(varied) < 2:
+            raise AnalysisError(f"field_scatter needs two fields that vary between the trials; these vary: "
+                                f"{', '.join(varied) or 'none'} (name them with x= and y=)")
+        x, y = varied[:2]
     rows = t[t[metric].notna()]
     fig = Figure(figsize=(6.5, 5), layout="constrained")
     ax = fig.subplots()

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import analysis
 from analysis import figures, views
 from analysis.stats import trials
 from test_analysis_fixtures import BASE
@@ -116,6 +117,9 @@ def test_field_scatter_draws_every_trial_on_log_axes_where_the_space_is_log():
     assert (ax.get_xlabel(), ax.get_ylabel()) == ("lr", "weight_decay")
     assert ax.get_xscale() == ax.get_yscale() == "log"
     assert len(ax.collections[0].get_offsets()) == 15
+    one = t.assign(**{"config/weight_decay": 5e-4})
+    with pytest.raises(analysis.AnalysisError, match="these vary: lr"):
+        figures.field_scatter(one)
 
 
 def _write_searched(root, df: pd.DataFrame, space: dict) -> None:
