@@ -162,7 +162,8 @@ def beta_densities(alphas) -> Figure:
 
 def optimisation_history(df: pd.DataFrame, metric: str = "val_acc", mode: str = "max") -> Figure:
     """Each trial's final `metric` in the order the trials ended (load()'s frame, or trials()'), and the best
-    so far; trials a scheduler stopped early are hollow and never the best (their epoch is not the last)."""
+    so far; trials that did not reach their final epoch (stopped early, crashed, interrupted) are hollow and
+    never the best."""
     h = views.history(_trials(df), metric, mode)
     fig = Figure(figsize=(8, 4.5), layout="constrained")
     ax = fig.subplots()
@@ -171,7 +172,7 @@ def optimisation_history(df: pd.DataFrame, metric: str = "val_acc", mode: str = 
     early = h[~h["counted"]]
     if len(early):
         ax.scatter(early["order"], early[metric], facecolors="none", edgecolors="tab:gray", s=18,
-                   label="stopped early (its last epoch, not counted)")
+                   label="not counted: stopped early, crashed or interrupted (its last epoch)")
     ax.plot(h["order"], h["best_so_far"], color="tab:red", drawstyle="steps-post", label="best so far")
     ax.set_xlabel("trial, in the order trials ended")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -183,11 +184,14 @@ def optimisation_history(df: pd.DataFrame, metric: str = "val_acc", mode: str = 
 
 
 def parallel_coordinates(df: pd.DataFrame, fields: list[str] | None = None, metric: str = "val_acc",
-                         space: dict | None = None) -> Figure:
-    """One line per trial through an axis per varied field (and the metric last), coloured by `metric`."""
+                         space: dict | None = None, mode: str = "max") -> Figure:
+    """One line per counted trial (views.results) through an axis per varied field and the metric last,
+    coloured by `metric`; the best (by `mode`) drawn last, on top."""
     t = _trials(df)
     fields = fields if fields is not None else views.varied_fields(t, space)
     p = views.parallel(t, fields, metric, space)
+    if p.empty:
+        raise AnalysisError(f"parallel_coordinates: no trial reached its final epoch with a finite {metric}")
     fig = Figure(figsize=(max(6.0, 1.8 * (len(fields) + 1)), 4.5), layout="constrained")
     ax = fig.subplots()
     values = p[metric].astype(float)
@@ -196,7 +200,7 @@ def parallel_coordinates(df: pd.DataFrame, fields: list[str] | None = None, metr
     cmap = colormaps["viridis"]
     metric_axis = (values - low) / (high - low) if high > low else values * 0 + 0.5
     xs = list(range(len(fields) + 1))
-    for i in p.assign(_m=values).sort_values("_m").index:  # the best drawn last, on top
+    for i in p.assign(_m=values).sort_values("_m", ascending=mode == "max").index:  # the best drawn last, on top
         ys = [p.at[i, f"{k}_axis"] for k in fields] + [metric_axis[i]]
         ax.plot(xs, ys, color=cmap(norm(values[i])), alpha=0.8, linewidth=1.2)
     for x, k in enumerate(fields):
@@ -230,7 +234,7 @@ def hyperparameter_importance(df: pd.DataFrame, fields: list[str] | None = None,
     ax.barh(imp["field"][::-1], imp["importance"][::-1], color="tab:blue")
     ax.set_xlim(0, 1)
     ax.set_xlabel(f"importance ({imp['method'].iloc[0] if len(imp) else 'fANOVA'}, sums to 1)")
-    n = int(imp["n_trials"].iloc[0]) if len(imp) else 0
+    n = int(imp["n_trials"].iloc[0]) if len(imp) else imp.attrs.get("n_trials", 0)
     warn = f"; fewer than {views.MIN_IMPORTANCE_TRIALS}: a hint only" if n < views.MIN_IMPORTANCE_TRIALS else ""
     ax.set_title(f"Hyperparameter importance for {metric} ({n} counted trials{warn})")
     ax.grid(alpha=0.3, axis="x")
@@ -248,7 +252,7 @@ def field_scatter(df: pd.DataFrame, x: str | None = None, y: str | None = None, 
             raise AnalysisError(f"field_scatter needs two fields that vary between the trials; these vary: "
                                 f"{', '.join(varied) or 'none'} (name them with x= and y=)")
         x, y = varied[:2]
-    rows = t[t[metric].notna()]
+    rows = views.results(t, metric)
     fig = Figure(figsize=(6.5, 5), layout="constrained")
     ax = fig.subplots()
     xs, ys = [_plotted(rows[f"config/{k}"]) for k in (x, y)]
@@ -271,14 +275,14 @@ def _trials(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _plotted(values: pd.Series) -> pd.Series:
-    return values.astype(float) if views.is_numeric(values) else values.astype(str)
+    return values.astype(float) if views.is_numeric(values) else views.as_category(values)
 
 
 def _ends(p: pd.DataFrame, k: str) -> tuple[str, str]:
     """The labels at an axis's bottom and top: the smallest and largest value (categories: first and last)."""
     if views.is_numeric(p[k]):
         return f"{p[k].min():.3g}", f"{p[k].max():.3g}"
-    levels = sorted(p[k].astype(str).unique())
+    levels = sorted(views.as_category(p[k]).unique())
     return levels[0], levels[-1] if len(levels) > 1 else ""
 
 

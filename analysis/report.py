@@ -267,7 +267,8 @@ def _in_use(df: pd.DataFrame, field: str) -> bool:
 
 def _setup(df: pd.DataFrame, s: pd.DataFrame, meta: dict, metric: str, mode: str) -> list[str]:
     space = meta.get("space") or {}
-    varied = [f"`{k}` in {{{', '.join(format_value(k, v) for v in values)}}}" for k, values in space.items()]
+    varied = [f"`{k}` ~ {values}" if isinstance(values, str)  # sampled: study.json's `loguniform(0.001, 1)`
+              else f"`{k}` in {{{', '.join(format_value(k, v) for v in values)}}}" for k, values in space.items()]
     fixed = [f"{k}={format_value(k, df[f'config/{k}'].iloc[0])}" for k in IDENTITY_FIELDS
              if k not in space and f"config/{k}" in df and df[f"config/{k}"].nunique(dropna=False) == 1
              and _in_use(df, k)]
@@ -338,16 +339,20 @@ def _search_views(experiment: str, t: pd.DataFrame, meta: dict, metric: str, mod
     fields = views.varied_fields(t, space)
     rel = "figures/" + figures.sanitise(f"{experiment}_")
     imp = views.importance(t, fields, metric, mode, space)
-    made = [(figures.optimisation_history(t, metric, mode), "history", views.history(t, metric, mode),
-             f"optimisation history: each trial's final {metric} in end order, and the best so far"),
-            (figures.parallel_coordinates(t, fields, metric, space), "parallel", views.parallel(t, fields, metric, space),
-             f"parallel coordinates of {', '.join(fields)}, coloured by {metric}")]
+    made = []
+    if len(views.history(t, metric, mode)):
+        made.append((figures.optimisation_history(t, metric, mode), "history", views.history(t, metric, mode),
+                     f"optimisation history: each trial's final {metric} in end order, and the best so far"))
+    if len(views.results(t, metric)):
+        made.append((figures.parallel_coordinates(t, fields, metric, space, mode), "parallel",
+                     views.parallel(t, fields, metric, space),
+                     f"parallel coordinates of {', '.join(fields)}, coloured by {metric}"))
+        if len(fields) == 2:
+            made.append((figures.field_scatter(t, *fields, metric=metric, space=space), "scatter",
+                         views.parallel(t, fields, metric, space), f"{metric} over {fields[0]} and {fields[1]}"))
     if len(imp):
         made.append((figures.hyperparameter_importance(t, fields, metric, mode, space), "importance", imp,
                      "hyperparameter importance (fANOVA)"))
-    if len(fields) == 2:
-        made.append((figures.field_scatter(t, *fields, metric=metric, space=space), "scatter",
-                     views.parallel(t, fields, metric, space), f"{metric} over {fields[0]} and {fields[1]}"))
     blocks: list[Block] = [Heading(3, "Search views")]
     for fig, name, data, alt in made:
         report.figures[rel + name] = fig

@@ -48,18 +48,25 @@ def applies(t: pd.DataFrame, space: Mapping[str, Any] | None = None) -> bool:
     return bool(fields) and (is_sampled(space) or len(fields) > 1)
 
 
-def history(t: pd.DataFrame, metric: str = "val_acc", mode: str = "max") -> pd.DataFrame:
-    """Each trial's final `metric` in the order the trials ended, with the best so far.
+def results(t: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """The trials the views judge: counted (tune_cifar.ranking: finished or diverged) with a finite `metric`.
+    A trial a scheduler stopped, or one that crashed, ended before its final epoch: its value is not a result."""
+    value = pd.to_numeric(t[metric], errors="coerce")
+    return t[t["status"].map(counts).astype(bool) & np.isfinite(value)]
 
-    Only counted trials (tune_cifar.ranking: finished or diverged) move the best so far: a trial a scheduler
-    stopped early ended at an earlier epoch, so its value is shown (`counted` False) but is not a result.
-    The end time is the trial's last `timestamp`; without one, the frame's order."""
-    rows = t[t[metric].notna()].copy()
+
+def history(t: pd.DataFrame, metric: str = "val_acc", mode: str = "max") -> pd.DataFrame:
+    """Each trial with a finite final `metric`, in the order the trials ended, with the best so far.
+
+    Only results() move the best so far, which carries forward past the others (shown, `counted` False).
+    The end time is the trial's last `timestamp`; without one for every trial, the frame's order."""
+    rows = t[np.isfinite(pd.to_numeric(t[metric], errors="coerce"))].copy()
     if "end_time" in rows and rows["end_time"].notna().all():
         rows = rows.sort_values("end_time", kind="stable")
-    rows["counted"] = rows["status"].map(counts).astype(bool)
-    value = rows[metric].where(rows["counted"])
-    rows["best_so_far"] = value.cummax() if mode == "max" else value.cummin()
+    rows["counted"] = rows.index.isin(results(rows, metric).index)
+    value = rows[metric].where(rows["counted"]).astype(float)
+    best = value.cummax() if mode == "max" else value.cummin()
+    rows["best_so_far"] = best.ffill()  # NaN only before the first counted trial
     rows.insert(0, "order", range(1, len(rows) + 1))
     keep = ["order", "trial_id", "configuration", "status", "counted", metric, "best_so_far"]
     return rows[[c for c in keep if c in rows]].reset_index(drop=True)
@@ -67,23 +74,30 @@ def history(t: pd.DataFrame, metric: str = "val_acc", mode: str = "max") -> pd.D
 
 def log_scaled(values: pd.Series, recorded: Any = None) -> bool:
     """Drawn and judged on a log scale: a field its study samples log-uniformly, else positive numbers
-    spanning LOG_SPAN or more (lr 0.001..0.5, weight decay 1e-5..1e-3)."""
-    if isinstance(recorded, str):
+    spanning LOG_SPAN or more (lr 0.001..0.5, weight decay 1e-5..1e-3; a grid or a `choice` alike)."""
+    if isinstance(recorded, str) and not recorded.startswith("choice"):
         return "log" in recorded.split("(")[0]
-    x = pd.to_numeric(values, errors="coerce")
-    return bool(x.notna().all() and (x > 0).all() and x.max() / x.min() >= LOG_SPAN)
+    x = pd.to_numeric(values, errors="coerce").dropna()  # a trial without the field says nothing of its range
+    return bool(is_numeric(values) and len(x) and (x > 0).all() and x.max() / x.min() >= LOG_SPAN)
 
 
 def is_numeric(values: pd.Series) -> bool:
+    """Numbers (a trial missing the field, recorded before it existed, is NaN: a gap on its axis)."""
     return pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
+
+
+def as_category(values: pd.Series) -> pd.Series:
+    """Text for a categorical axis; a missing value is its own category, "None"."""
+    return values.map(lambda v: "None" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v))
 
 
 def parallel(t: pd.DataFrame, fields: list[str], metric: str = "val_acc", space: Mapping[str, Any] | None = None
              ) -> pd.DataFrame:
-    """One row per trial with a final `metric`: each field's value and its position on its axis (0..1;
-    numbers linear or log from the smallest to the largest seen, categories in sorted order, evenly)."""
-    rows = t[t[metric].notna()]
-    out = pd.DataFrame({"trial_id": rows["trial_id"], metric: rows[metric]})
+    """One row per results() trial: each field's value and its position on its axis (0..1; numbers linear or
+    log from the smallest to the largest seen, NaN where a trial lacks it; categories in sorted order, evenly,
+    a missing one as "None")."""
+    rows = results(t, metric)
+    out = pd.DataFrame({"trial_id": rows["trial_id"], "status": rows["status"], metric: rows[metric]})
     for k in fields:
         values = rows[f"config/{k}"]
         out[k] = values
@@ -96,9 +110,9 @@ def _axis(values: pd.Series, log: bool) -> pd.Series:
         x = np.log10(values.astype(float)) if log else values.astype(float)
         span = x.max() - x.min()
         return (x - x.min()) / span if span > 0 else x * 0 + 0.5
-    levels = sorted(values.astype(str).unique())
-    return values.astype(str).map({v: (i / (len(levels) - 1) if len(levels) > 1 else 0.5)
-                                   for i, v in enumerate(levels)})
+    text = as_category(values)
+    levels = sorted(text.unique())
+    return text.map({v: (i / (len(levels) - 1) if len(levels) > 1 else 0.5) for i, v in enumerate(levels)})
 
 
 def importance(t: pd.DataFrame, fields: list[str], metric: str = "val_acc", mode: str = "max",
@@ -111,10 +125,15 @@ def importance(t: pd.DataFrame, fields: list[str], metric: str = "val_acc", mode
     from optuna.importance import get_param_importances
 
     evaluator, method = (evaluator, type(evaluator).__name__) if evaluator is not None else default_evaluator()
-    rows = t[t["status"].map(counts).astype(bool) & np.isfinite(pd.to_numeric(t[metric], errors="coerce"))]
+    rows = results(t, metric)
+    numbers = [k for k in fields if is_numeric(rows[f"config/{k}"])]
+    rows = rows.dropna(subset=[f"config/{k}" for k in numbers])  # a point needs every coordinate
     fields = [k for k in fields if rows[f"config/{k}"].nunique(dropna=False) > 1]
     if len(rows) < 3 or not fields:
-        return pd.DataFrame(columns=["field", "importance", "n_trials", "method"])
+        empty = pd.DataFrame(columns=["field", "importance", "n_trials", "method"])
+        empty.attrs.update(n_trials=len(rows), reason="fewer than 3 counted trials" if len(rows) < 3
+                           else "no field varies among the counted trials")
+        return empty
     distributions = {}
     for k in fields:
         values = rows[f"config/{k}"]
@@ -122,11 +141,12 @@ def importance(t: pd.DataFrame, fields: list[str], metric: str = "val_acc", mode
             low, high = _bounds((space or {}).get(k), values)
             distributions[k] = FloatDistribution(low, high, log=log_scaled(values, (space or {}).get(k)))
         else:
-            distributions[k] = CategoricalDistribution(sorted(values.astype(str).unique()))
+            distributions[k] = CategoricalDistribution(sorted(as_category(values).unique()))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize" if mode == "max" else "minimize")
     for _, r in rows.iterrows():
-        params = {k: (float(r[f"config/{k}"]) if isinstance(d, FloatDistribution) else str(r[f"config/{k}"]))
+        params = {k: (float(r[f"config/{k}"]) if isinstance(d, FloatDistribution)
+                      else as_category(pd.Series([r[f"config/{k}"]], dtype=object)).iloc[0])
                   for k, d in distributions.items()}
         study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions, value=float(r[metric])))
     scores = get_param_importances(study, evaluator=evaluator, normalize=True)
@@ -163,7 +183,8 @@ def _bounds(recorded: Any, values: pd.Series) -> tuple[float, float]:
 def importance_note(imp: pd.DataFrame) -> str:
     """What the importance rests on, and the warning below MIN_IMPORTANCE_TRIALS."""
     if imp.empty:
-        return "Hyperparameter importance: too few counted trials (fewer than 3) to estimate it."
+        return (f"Hyperparameter importance: not estimated from {imp.attrs.get('n_trials', 0)} counted trial(s) "
+                f"({imp.attrs.get('reason', 'fewer than 3 counted trials')}).")
     n = int(imp["n_trials"].iloc[0])
     text = (f"Hyperparameter importance ({imp['method'].iloc[0]} through optuna.importance, normalised to sum "
             "to 1), from "

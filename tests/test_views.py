@@ -150,3 +150,55 @@ def test_the_report_shows_the_views_with_their_data_for_a_search_and_none_for_a_
                    for stem in made)
     text = "\n".join(getattr(b, "text", "") for b in report.blocks)
     assert "from 25 counted trial(s): lr" in text and "Warning" not in text.split("from 25 counted")[1][:300]
+
+
+def test_the_best_so_far_carries_past_trials_that_are_not_results():
+    t = pd.DataFrame({"trial_id": list("abcdef"), "status": ["finished", "stopped_early", "error", "finished",
+                                                          "stopped_early", "finished"],
+                      "val_acc": [0.5, 0.9, 0.8, 0.6, 0.95, 0.55], "end_time": range(6)})
+    assert views.history(t, "val_acc", "max")["best_so_far"].tolist() == [0.5, 0.5, 0.5, 0.6, 0.6, 0.6]
+    t.loc[3, "val_acc"] = math.inf  # a non-finite value is no result: not shown, never the best
+    h = views.history(t, "val_acc", "max")
+    assert "d" not in set(h["trial_id"]) and h["best_so_far"].max() == 0.55
+    assert list(views.parallel(t.assign(**{"config/lr": 0.01}), ["lr"], "val_acc")["trial_id"]) == ["a", "f"]
+
+
+def test_a_missing_value_is_its_own_category_and_a_numeric_choice_gets_a_log_axis():
+    t = trials(searched(n=12))
+    t["config/nesterov"] = [True, False, None] * 4  # recorded before the field existed, on some trials
+    t.loc[t.index[0], "config/weight_decay"] = math.nan
+    p = views.parallel(t, ["nesterov", "weight_decay"], "val_acc", SAMPLED)
+    assert sorted(set(p["nesterov_axis"])) == [0.0, 0.5, 1.0]  # False, None, True
+    assert p["weight_decay_axis"].isna().tolist() == [True] + [False] * 11  # a gap, the others on their axis
+    imp = views.importance(t, ["lr", "nesterov", "weight_decay"], "val_acc", "max", SAMPLED)
+    assert imp["field"].iloc[0] == "lr" and len(imp) == 3 and (imp["n_trials"] == 11).all()  # one lacks a value
+    lr = pd.Series([0.001, 0.01, 0.1, 1.0])
+    assert views.log_scaled(lr, "choice(0.001, 0.01, 0.1, 1)") and not views.log_scaled(lr, "uniform(0.001, 1)")
+
+
+def test_parallel_coordinates_draw_the_best_on_top_when_lower_is_better():
+    t = pd.DataFrame({"trial_id": ["a", "b", "c"], "status": "finished", "val_loss": [2.0, 0.5, 1.0],
+                      "config/lr": [0.001, 0.01, 0.1], "config/dropout": [0.0, 0.2, 0.5], "epochs_done": 2})
+    fig = figures.parallel_coordinates(t, ["lr", "dropout"], "val_loss", mode="min")
+    traces = [ln for ln in fig.axes[0].get_lines() if len(ln.get_xdata()) == 3]
+    assert traces[-1].get_ydata().tolist()[:2] == pytest.approx([0.5, 0.4])  # b, the lowest loss
+
+
+def test_importance_says_why_it_is_missing():
+    t = trials(searched(n=6)).assign(**{"config/lr": 0.05, "config/schedule": "cosine"})
+    t.loc[t.index[:3], "status"] = "stopped_early"
+    t.loc[t.index[3:], "config/weight_decay"] = 1e-4  # varies only among the stopped trials
+    note = views.importance_note(views.importance(t, ["weight_decay"], "val_acc"))
+    assert "3 counted trial(s)" in note and "no field varies among the counted trials" in note
+
+
+def test_a_sampled_study_with_no_result_still_reports_and_spells_its_space(tmp_path):
+    from analysis.report import build
+
+    df = searched(n=4)
+    df["val_acc"] = math.nan
+    _write_searched(tmp_path, df, SAMPLED)
+    report = build(tmp_path, log=lambda *_: None)
+    assert not [stem for stem in report.figures if stem.split("_")[-1] in ("history", "parallel", "importance")]
+    text = "\n".join(str(getattr(b, "text", getattr(b, "items", ""))) for b in report.blocks)
+    assert "`lr` ~ loguniform(0.001, 0.5)" in text and "not estimated from 0 counted trial(s)" in text
