@@ -6,8 +6,9 @@ TPE, TPE + ASHA, PBT). Trials are taken in the order they ended; after each, the
 trial-epochs (and GPU-hours) trained by every trial ended so far (a chained study's trial reused
 from an earlier one's costs nothing again), and the best found is the best final-epoch
 validation accuracy among the trials that count by tune_cifar.ranking's rule (a trial an early-
-stopping scheduler cut is paid for but not "found"). Several runs of one strategy (search seeds) give
-a mean curve and a band.
+stopping scheduler cut is paid for but not "found"). A warm-started search starts from the cost of
+the trials it was told about and the best of them. Several runs of one strategy (search seeds, chain
+replicates) give a mean curve and a band; versus_chain tests each search against the chain's replicates.
 """
 
 from __future__ import annotations
@@ -67,6 +68,14 @@ def budget(df: pd.DataFrame, meta: dict[str, dict], metric: str = "val_acc", mod
     for (strategy, run), g in t.groupby(["strategy", "run"], sort=False):
         spent = gpu = 0.0
         best, best_test, best_config = -math.inf * sign, math.nan, ""
+        warm = meta.get(g["experiment"].iloc[0], {}).get("warm_start")
+        if warm:  # what the searcher was told before it drew: paid for when it ran, and already found
+            spent, gpu = float(warm.get("trial_epochs", 0)), float(warm.get("gpu_hours", 0.0))
+            if warm.get("best") is not None and np.isfinite(warm["best"]):
+                best, best_config = float(warm["best"]), f"warm start from {warm.get('from')}"
+            rows.append({"strategy": strategy, "run": run, "trial_id": "(warm start)", "trial_epochs": spent,
+                         "gpu_hours": gpu, "best": best if np.isfinite(best) else math.nan, "best_test": best_test,
+                         "best_configuration": best_config})
         for _, trial in g.sort_values("ended", kind="stable").iterrows():
             spent += trial["epochs_trained"]  # a trial reused from an earlier study's was paid for there
             gpu += trial["gpu_hours"]
@@ -127,15 +136,68 @@ def first_to_reach(b: pd.DataFrame, mode: str = "max") -> tuple[float, float, li
     return target, spent, reached
 
 
-def table(b: pd.DataFrame) -> pd.DataFrame:
-    """One row per strategy: runs, what it spent, the best it found (mean and spread over runs) and its test accuracy."""
+def found_by(b: pd.DataFrame, spent: float) -> pd.DataFrame:
+    """Each run's best found once it had spent at most `spent` trial-epochs (NaN: nothing found by then)."""
     rows = []
+    for (strategy, run), g in b.groupby(["strategy", "run"], sort=False):
+        before = g[g["trial_epochs"] <= spent + 1e-9]
+        rows.append({"strategy": strategy, "run": run, "best": before["best"].iloc[-1] if len(before) else math.nan})
+    return pd.DataFrame(rows, columns=["strategy", "run", "best"])
+
+
+def welch_p(a: np.ndarray, b: np.ndarray) -> float:
+    """Two-sided Welch t-test of two sets of runs; NaN with fewer than two runs on a side (no noise estimate)
+    or no spread at all."""
+    from scipy import stats
+
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    if len(a) < 2 or len(b) < 2 or (np.std(a) == 0 and np.std(b) == 0):
+        return math.nan
+    with _quiet():  # (scipy warns of precision loss when a side's runs are all equal; the p is still right)
+        return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+
+
+FRACTIONS = (0.25, 0.5, 0.75, 1.0)  # of the chain's budget, where each search is held against the chain
+
+
+def versus_chain(b: pd.DataFrame, fractions: tuple[float, ...] = FRACTIONS) -> pd.DataFrame:
+    """Each search, at each fraction of the chain's mean budget, against the chain's final best: its runs'
+    mean best found by then, the difference, and Welch's p over the runs (search seeds against chain
+    replicates: what the difference means against seed noise). A mean is given only when every run had
+    found something by then."""
+    chain = b[b["strategy"].str.startswith(CHAIN)]
+    if chain.empty:
+        return pd.DataFrame()
+    finals = chain.groupby("run").tail(1)
+    ours, budget_ = finals["best"].to_numpy(float), float(finals["trial_epochs"].mean())
+    rows = []
+    for strategy, g in b[~b["strategy"].str.startswith(CHAIN)].groupby("strategy", sort=False):
+        for f in fractions:
+            got = found_by(g, f * budget_)["best"].to_numpy(float)
+            whole = not np.isnan(got).any()
+            mean = float(got.mean()) if whole else math.nan
+            rows.append({"strategy": strategy, "fraction": f, "trial_epochs": f * budget_, "runs": len(got),
+                         "mean": mean, "sd": float(got.std(ddof=1)) if whole and len(got) > 1 else math.nan,
+                         "chain_mean": float(ours.mean()), "chain_sd": float(ours.std(ddof=1)) if len(ours) > 1
+                         else math.nan, "chain_runs": len(ours), "difference": mean - float(ours.mean()),
+                         "p": welch_p(got, ours) if whole else math.nan})
+    return pd.DataFrame(rows)
+
+
+def table(b: pd.DataFrame) -> pd.DataFrame:
+    """One row per strategy: runs, what it spent, the best it found (mean and spread over runs), its test
+    accuracy, and (searches) the difference from the chain's mean at the chain's budget with Welch's p."""
+    rows = []
+    equal = versus_chain(b, (1.0,)).set_index("strategy") if b["strategy"].str.startswith(CHAIN).any() else None
     for strategy, g in b.groupby("strategy", sort=False):
         finals = g.groupby("run").tail(1)
+        vs = equal.loc[strategy] if equal is not None and strategy in equal.index else None
         rows.append({"strategy": strategy, "runs": len(finals), "trials": int(g.groupby("run").size().mean()),
                      "trial_epochs": finals["trial_epochs"].mean(), "gpu_hours": finals["gpu_hours"].mean(),
                      "best_val_acc": finals["best"].mean(), "best_val_acc_sd": finals["best"].std(ddof=1),
-                     "test_acc_of_best": finals["best_test"].mean()})
+                     "test_acc_of_best": finals["best_test"].mean(),
+                     "vs_chain_at_its_budget": vs["difference"] if vs is not None else math.nan,
+                     "p_vs_chain": vs["p"] if vs is not None else math.nan})
     return pd.DataFrame(rows)
 
 
@@ -150,6 +212,32 @@ def sentence(b: pd.DataFrame, mode: str = "max") -> str:
     first = got[0]
     return lead + (f"{first.strategy} reached it first, after {first.trial_epochs:,.0f} trial-epochs "
                    f"({100 * first.fraction:.0f}% of the chain's budget, mean curve over its runs).")
+
+
+def noise_sentence(b: pd.DataFrame, alpha: float = 0.05) -> str:
+    """Whether the searches' differences from the chain, at each fraction of its budget, are beyond seed noise."""
+    vs = versus_chain(b)
+    if vs.empty:
+        return ""
+    chain_runs = int(vs["chain_runs"].iloc[0])
+    if chain_runs < 2:
+        return (f"The chain ran once: its {vs['chain_mean'].iloc[0]:.4f} is a single draw, so no difference below "
+                f"can be told from seed noise (run it with replicates: scripts/budget_comparison.sh).")
+    parts = []
+    for strategy, g in vs.groupby("strategy", sort=False):
+        said = []
+        for _, r in g.iterrows():
+            if math.isnan(r["mean"]):
+                said.append(f"at {100 * r['fraction']:.0f}% not every run had found anything")
+                continue
+            verdict = ("within seed noise" if math.isnan(r["p"]) or r["p"] >= alpha
+                       else "beyond seed noise, " + ("above" if r["difference"] > 0 else "below"))
+            p = "n/a" if math.isnan(r["p"]) else f"{r['p']:.3f}"
+            said.append(f"at {100 * r['fraction']:.0f}% {r['difference']:+.4f} (p {p}: {verdict})")
+        parts.append(f"{strategy}: " + "; ".join(said))
+    return (f"Against the chain's mean best over {chain_runs} replicates ({vs['chain_mean'].iloc[0]:.4f}, sd "
+            f"{vs['chain_sd'].iloc[0]:.4f}), each search's mean best found by a fraction of the chain's budget, "
+            f"Welch's t-test over runs at p < {alpha}: " + ". ".join(parts) + ".")
 
 
 class _quiet:

@@ -440,17 +440,23 @@ def _budget_section(df: pd.DataFrame, meta: dict, report: Report) -> list[Block]
     curves = budget.curves(b)
     report.files["tables/budget_curves.csv"] = curves.to_csv(index=False)
     report.figures["figures/budget"] = figures.budget_curves(b, curves, target)
+    vs = budget.versus_chain(b)
+    report.files["tables/budget_vs_chain.csv"] = vs.to_csv(index=False)
     rows = tuple((r["strategy"], str(r["runs"]), f"{r['trial_epochs']:,.0f}", f"{r['gpu_hours']:.3f}",
                   f"{r['best_val_acc']:.4f}" + (f" (sd {r['best_val_acc_sd']:.4f})" if r["runs"] > 1 else ""),
-                  f"{r['test_acc_of_best']:.4f}") for _, r in summary_table.iterrows())
-    header = ("strategy", "runs", "trial-epochs", "GPU-hours", "best val acc", "its test acc")
+                  f"{r['test_acc_of_best']:.4f}",
+                  "" if pd.isna(r["vs_chain_at_its_budget"]) else f"{r['vs_chain_at_its_budget']:+.4f}",
+                  "" if pd.isna(r["p_vs_chain"]) else f"{r['p_vs_chain']:.3f}") for _, r in summary_table.iterrows())
+    header = ("strategy", "runs", "trial-epochs", "GPU-hours", "best val acc", "its test acc",
+              "vs chain at its budget", "Welch p")
     report.files["tables/budget.md"] = markdown_table(list(header), [list(r) for r in rows]) + "\n"
     return [Heading(2, "Search strategies at equal cost"),
             Para("Each strategy's best final-epoch validation accuracy found so far against the trial-epochs it "
                  "had spent, trials taken in the order they ended. A trial that an early-stopping scheduler cut "
                  "is paid for but not counted as found. With several runs (search seeds), the line is their mean "
                  "and the band their range."),
-            Grid(header, rows), Para(budget.sentence(b)), Image("figures/budget.png", "best found against budget")]
+            Grid(header, rows), Para(budget.sentence(b)), Para(budget.noise_sentence(b)),
+            Image("figures/budget.png", "best found against budget")]
 
 
 def _ranking_section(t: pd.DataFrame, s: pd.DataFrame, report: Report, published: bool = True,

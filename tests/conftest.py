@@ -121,7 +121,11 @@ class IsolatedRay:
         self.tmpdir = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths are length-limited
         path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"  # `python` = this venv's
         self.env = {**os.environ, "PATH": path, "RAY_TMPDIR": self.tmpdir, "RAY_ADDRESS": "", "RAY_DEDUP_LOGS": "0",
-                    "RAY_AUTH_MODE": "token"}  # the job client then sends ~/.ray/auth_token
+                    "RAY_AUTH_MODE": "token",  # the job client then sends ~/.ray/auth_token
+                    # Tune saves its experiment state at most every 10 s by default: a 2-epoch smoke trial can end
+                    # and the next end inside one period, so a kill_when() waiting for "one ended, one not" in the
+                    # saved state saw both end at once on CI; drivers here save it every second
+                    "TUNE_GLOBAL_CHECKPOINT_S": "1"}
 
     def kill(self):
         marker = f"RAY_TMPDIR={self.tmpdir}".encode()

@@ -90,3 +90,62 @@ def test_one_scheduler_at_two_settings_is_two_strategies(results):
                                   "TPE + ASHA (joint; grace 4, reduction 3)"}
     t = budget.table(b).set_index("strategy")
     assert t.loc["TPE + ASHA (joint; grace 4, reduction 3)", "runs"] == 1  # not pooled with grace 1
+
+
+def _replicated():
+    """A chain in three replicates (one 4-epoch trial each per stage, 8 trial-epochs) against two searches of
+    three runs each: one far above the chain by half its budget, one level with it."""
+    rows, meta = [], {}
+    space = {"lr": [0.01], "weight_decay": [0.0]}
+    for k, final in enumerate((0.60, 0.62, 0.61)):
+        rows += _trial(f"chain-{k}/lr", f"c{k}a", 0.50, 4, ended=10) + _trial(f"chain-{k}/wd", f"c{k}b", final, 4, ended=20)
+        meta[f"chain-{k}/lr"] = {"chain": "all", "space": {"lr": [0.01, 0.05]}}
+        meta[f"chain-{k}/wd"] = {"chain": "all", "space": {"weight_decay": [0, 1]}}
+    for k, (first, later) in enumerate(((0.70, 0.71), (0.72, 0.72), (0.71, 0.73))):
+        # 0.70-0.72 after 4 trial-epochs (half the chain's 8), a little more after 8
+        rows += _trial(f"good-{k}/joint", f"g{k}a", first, 4, ended=11) + _trial(f"good-{k}/joint", f"g{k}b", later, 4, ended=12)
+        meta[f"good-{k}/joint"] = {"study": "joint", "strategy": "GP", "space": space, "search": {"search_seed": k}}
+    for k, final in enumerate((0.60, 0.63, 0.59)):
+        rows += _trial(f"level-{k}/joint", f"l{k}a", 0.30, 4, ended=11) + _trial(f"level-{k}/joint", f"l{k}b", final, 4, ended=12)
+        meta[f"level-{k}/joint"] = {"study": "joint", "strategy": "QMC", "space": space, "search": {"search_seed": k}}
+    return pd.DataFrame(rows), meta
+
+
+def test_searches_are_held_against_the_chains_replicates_with_welchs_test():
+    df, meta = _replicated()
+    b = budget.budget(df, meta)
+    vs = budget.versus_chain(b).set_index(["strategy", "fraction"])
+    assert vs["chain_runs"].unique().tolist() == [3] and vs["chain_mean"].iloc[0] == pytest.approx(0.61)
+    good = vs.loc[("GP (joint)", 0.5)]
+    assert good["trial_epochs"] == 4 and good["mean"] == pytest.approx(0.71) and good["difference"] == pytest.approx(0.10)
+    assert good["p"] < 0.01
+    assert math.isnan(vs.loc[("GP (joint)", 0.25), "mean"])  # nothing found after 2 trial-epochs
+    level = vs.loc[("QMC (joint)", 1.0)]
+    assert level["mean"] == pytest.approx(0.6067, abs=1e-4) and level["p"] > 0.5
+    assert vs.loc[("QMC (joint)", 0.5), "mean"] == pytest.approx(0.30)
+    said = budget.noise_sentence(b)
+    assert "GP (joint): at 25% not every run had found anything; at 50% +0.1000 (p 0.000: beyond seed noise, above)" in said
+    assert "QMC (joint)" in said and "at 100% -0.0033" in said and "within seed noise" in said
+    t = budget.table(b).set_index("strategy")
+    assert t.loc["GP (joint)", "vs_chain_at_its_budget"] == pytest.approx(0.72 - 0.61)
+    assert math.isnan(t.loc["greedy chain (all)", "p_vs_chain"])
+
+
+def test_one_chain_run_is_said_to_be_a_single_draw(results):
+    df, meta = results
+    assert "single draw" in budget.noise_sentence(budget.budget(df, meta))
+    assert math.isnan(budget.welch_p([0.5, 0.6], [0.55]))
+
+
+def test_a_warm_started_search_pays_for_what_it_was_told_and_has_found_it():
+    df, meta = _replicated()
+    rows = _trial("warm-0/joint", "w0", 0.50, 4, ended=11)
+    meta["warm-0/joint"] = {"study": "joint", "strategy": "TPE, warm-started from lr", "space": meta["good-0/joint"]["space"],
+                            "search": {"search_seed": 0},
+                            "warm_start": {"from": "r/lr", "trial_epochs": 6, "gpu_hours": 1.5, "best": 0.65}}
+    b = budget.budget(pd.concat([df, pd.DataFrame(rows)]), meta)
+    w = b[b["strategy"] == "TPE, warm-started from lr (joint)"]
+    assert w["trial_id"].tolist() == ["(warm start)", "w0"]
+    assert w["trial_epochs"].tolist() == [6, 10] and w["gpu_hours"].tolist() == pytest.approx([1.5, 3.5])
+    assert w["best"].tolist() == [0.65, 0.65]  # its own 0.50 is below what it was told
+    assert w["best_configuration"].iloc[-1] == "warm start from r/lr"

@@ -6,6 +6,7 @@ import sys
 import tomllib
 from dataclasses import fields
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -123,3 +124,33 @@ def test_a_local_ray_is_started_with_usage_statistics_off(monkeypatch):
     monkeypatch.setattr(ray, "init", lambda **kw: seen.update(env=os.environ.get("RAY_USAGE_STATS_ENABLED")))
     run._start_ray(None)
     assert seen == {"env": "0"}  # Ray's default is on: it would send a report to usage-stats.ray.io
+
+
+def test_the_ray_dashboard_is_off_unless_asked_and_its_address_is_printed(monkeypatch, capsys):
+    import ray
+
+    from tune_cifar import run
+
+    calls = []
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: calls.append(kw) or SimpleNamespace(dashboard_url="127.0.0.1:8265"))
+    run._start_ray(None)
+    run._start_ray(None, dashboard=True)
+    assert [c["include_dashboard"] for c in calls] == [False, True]
+    assert capsys.readouterr().err.count("Ray dashboard: http://127.0.0.1:8265") == 1
+    # joining a cluster, there is no local dashboard to start: one line, before anything runs
+    assert run.main(["lr", "--dashboard", "--address", "10.0.0.1:6379", "--dry-run"]) == 2
+    assert "--dashboard starts a local Ray's dashboard" in capsys.readouterr().err
+
+
+def test_the_live_views_name_the_experiment_folder_and_the_optuna_database(tmp_path):
+    from tune_cifar.experiment import live_views
+
+    both = live_views(str(tmp_path / "r" / "joint"), str(tmp_path / "r" / "joint" / "optuna.db"),
+                      installed={"tensorboard", "optuna_dashboard"})
+    assert both == [f"watch: tensorboard --logdir {tmp_path / 'r' / 'joint'}",
+                    f"watch: optuna-dashboard sqlite:///{tmp_path / 'r' / 'joint' / 'optuna.db'}"]
+    # a relative path is made absolute (the command is run from anywhere); a missing tool says how to get it
+    (line,) = live_views("results/lr", None, installed=set())
+    assert line.startswith(f"watch: tensorboard --logdir {Path('results/lr').absolute()}") and "[dashboards]" in line

@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from tune_cifar import ranking
 from conftest import BEYOND, assert_lr_statuses, free_port, kill_when, ray_cli, run_checked, run_cli, tune_statuses
 
 pytestmark = pytest.mark.slow
@@ -301,7 +302,11 @@ def test_fused_study_gives_the_unfused_rows(smoke_packed, tmp_path):
                                                                     rel=0.05), metric
     second = merged[merged["epoch"] == 2]
     assert second["train_loss_fused"].to_numpy() == pytest.approx(second["train_loss_plain"].to_numpy(), rel=0.15)
-    assert set(fused["status"]) == {"finished"}
+    # every member ran to its last epoch; one whose final validation loss passed the divergence rule (a 2-epoch
+    # BatchNorm network in eval mode can read above 46 nats: it happened on CI) is diverged, the others finished
+    last = fused[fused["epoch"] == 2].set_index("trial_id")
+    blew_up = (last[["train_loss", "val_loss"]] > ranking.EXPLODED_LOSS).any(axis=1)
+    assert (last["status"] == blew_up.map({True: "diverged", False: "finished"})).all(), last["status"]
     assert sorted(len(i["members"]) for i in infos) == [1, 3]  # 4 configurations in groups of at most 3
     record = json.loads((tmp_path / "lrs" / "study.json").read_text())
     assert record["fuse"] == 3

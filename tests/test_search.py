@@ -1,6 +1,7 @@
 """Search: sampled spaces, searchers and schedulers checked before Ray starts, and each run for real."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import pytest
 import analysis
 import search_spaces
 from conftest import kill_when, run_cli, tune_statuses
+from tune_cifar import experiment, export
 from tune_cifar.config import ConfigError, TrainConfig
 from tune_cifar.search import SearchPlan, asha_expected_trial_epochs, check, describe, validate_space
 from tune_cifar.studies import StudyError, load_study
@@ -82,7 +84,9 @@ def test_the_joint_study_costs_about_what_the_greedy_chain_costs():
     joint, chain = load_study("joint"), load_study("all")
     plan = joint.plan.resolved(joint.base_config().epochs)
     assert (plan.search, plan.scheduler) == ("optuna", "asha")
-    expected = plan.num_samples * asha_expected_trial_epochs(300, plan.grace_period, plan.reduction_factor)
+    assert (plan.sampler, plan.startup_trials, plan.brackets) == ("tpe-mv", 3, 2)  # the budget comparison's best
+    expected = plan.num_samples * asha_expected_trial_epochs(300, plan.grace_period, plan.reduction_factor,
+                                                              plan.brackets)
     assert abs(expected / chain.trial_epochs() - 1) < 0.05
     assert [describe(joint.space[k]) for k in ("lr", "weight_decay", "mixup_alpha")] == [
         "loguniform(0.001, 1)", "loguniform(1e-05, 0.001)", "uniform(0, 1)"]
@@ -93,6 +97,10 @@ def test_asha_expected_epochs_by_hand():
     # rungs at 1 and 3 for 9 epochs, factor 3: all do 1 epoch, 1/3 do 2 more, 1/9 do the last 6
     assert asha_expected_trial_epochs(9, 1, 3) == pytest.approx(1 + 2 / 3 + 6 / 9)
     assert asha_expected_trial_epochs(10, 20, 4) == 10  # grace beyond the end: no cut
+    # two brackets over 9 epochs, grace 1, rf 3: bracket 0 cuts at 1 and 3 (3 rungs with 9), bracket 1 at 3
+    # (2 rungs); Ray draws bracket 1 with weight e**(2 - 3)
+    one, two = 1 + 2 / 3 + 6 / 9, 3 + 6 / 3
+    assert asha_expected_trial_epochs(9, 1, 3, brackets=2) == pytest.approx((one + math.e ** -1 * two) / (1 + math.e ** -1))
 
 
 def test_cli_refuses_an_impossible_search_before_ray_starts(tmp_path):
@@ -112,8 +120,9 @@ def test_dry_run_and_list_describe_sampled_studies():
     proc = subprocess.run([sys.executable, "-m", "tune_cifar.run", "joint", "--dry-run", "--num-samples", "5"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert "search TPE + ASHA; 5 trials x 300 epochs" in proc.stdout
-    assert "lr ~ loguniform(0.001, 1)" in proc.stdout and "5 configurations drawn by TPE + ASHA" in proc.stdout
+    label = "multivariate TPE (3 random first) + ASHA (2 brackets)"
+    assert f"search {label}; 5 trials x 300 epochs" in proc.stdout
+    assert "lr ~ loguniform(0.001, 1)" in proc.stdout and f"5 configurations drawn by {label}" in proc.stdout
 
 
 def test_copies_are_refused_as_seeds_and_asha_with_seeds_is_refused():
@@ -299,6 +308,13 @@ def test_pbt_exploit_continues_from_the_donor_with_its_own_mutated_lr(ray_sessio
     logged = sorted((int(clone.split("_")[0]), int(donor.split("_")[0])) for clone, donor, *_ in policy)
     ours = sorted((index[r["trial_id"]], index[r["donor"]]) for _, r in clones.iterrows())
     assert ours == logged
+    # Tune registers a top member's checkpoint twice (pruning.py): each member's final weights are still on
+    # disk, and no more than the few checkpoints kept per member
+    for tid in ends[ends == "finished"].index:
+        state, _, _ = export.final_state(export.find_trial(str(tmp_path / "r" / "pbtlr"), tid))
+        assert state["epoch"] == 4
+    for folder in (tmp_path / "r" / "pbtlr").glob("train_trial_*"):
+        assert 1 <= len(list(folder.glob("checkpoint_*"))) <= experiment.PBT_CHECKPOINTS, folder
 
 
 @pytest.mark.slow
@@ -329,6 +345,18 @@ def test_resume_after_sigkill_keeps_the_searcher(tmp_path, isolated_ray, sampled
     assert df.groupby("trial_id")["epoch"].apply(lambda e: list(e) == list(range(1, len(e) + 1))).all()
     for name, text in before.items():  # ended trials were not run again
         assert (experiment / name / "result.json").read_text() == text
+    # Optuna's own record (what optuna-dashboard shows) across the kill: each trial Tune ran once, with its
+    # config; a suggestion made after Tune last saved the searcher never ran and is marked so, not left RUNNING
+    import optuna
+
+    study = optuna.load_study(study_name=sampled_study, storage=f"sqlite:///{experiment / 'optuna.db'}")
+    told = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+    ours = df.groupby("trial_id")[["lr", "weight_decay"]].first()
+    assert sorted((t.params["lr"], t.params["weight_decay"]) for t in told) == sorted(map(tuple, ours.to_numpy()))
+    last = df.groupby("trial_id")["val_acc"].last()
+    assert sorted(t.value for t in told) == pytest.approx(sorted(last))
+    others = [t for t in study.trials if t not in told]
+    assert all(t.state == optuna.trial.TrialState.FAIL and "never ran" in t.user_attrs["tune_cifar"] for t in others)
 
 
 @pytest.mark.slow
@@ -344,3 +372,132 @@ def test_random_search_with_seeds_trains_each_draw_with_every_seed(ray_session, 
     opts = _random_opts(5)  # the draws are those of search seed 5, whoever makes them
     planned = experiment.planned_trials(lr_only, opts, {}, experiment.search_plan(lr_only, opts))
     assert sorted(by_lr) == sorted({c.lr for c in planned})
+
+
+def test_an_optuna_suggestion_that_never_ran_is_marked_not_left_running(tmp_path):
+    optuna = pytest.importorskip("optuna")
+    from tune_cifar.search import drop_optuna_study, settle_optuna_db
+
+    db = tmp_path / "optuna.db"
+    study = optuna.create_study(study_name="joint", storage=f"sqlite:///{db}", direction="maximize")
+    done = study.ask({"lr": optuna.distributions.FloatDistribution(0.001, 0.5, log=True)})
+    study.tell(done, 0.5)
+    study.ask({"lr": optuna.distributions.FloatDistribution(0.001, 0.5, log=True)})  # the driver died here
+    assert settle_optuna_db(str(db), "joint") == 1
+    states = [t.state for t in optuna.load_study(study_name="joint", storage=f"sqlite:///{db}").trials]
+    assert states == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL]
+    assert settle_optuna_db(str(db), "joint") == 0  # nothing left running
+    drop_optuna_study(str(db), "joint")
+    drop_optuna_study(str(db), "joint")  # a second time: nothing there, no error
+    assert optuna.get_all_study_names(f"sqlite:///{db}") == []
+
+
+@pytest.mark.slow
+def test_every_optuna_sampler_and_asha_brackets_run_a_real_study(ray_session, tmp_path):
+    """Each --sampler through Tune (2 epochs, 3 draws of the joint space), and ASHA with 2 brackets. TPE, its
+    multivariate form and GP spend joint's 3 draws on their seeded random startup (STARTUP_TRIALS), the
+    same draws the random sampler makes; QMC's are its own, and CMA-ES given 1 startup draw makes its own
+    from the third (the second is asked while the first still runs), so the option reaches the searcher."""
+    drawn = {}
+    for sampler in ("tpe", "tpe-mv", "gp", "cmaes", "qmc", "random"):
+        startup = ("--startup-trials", "1") if sampler == "cmaes" else ()
+        code, out = run_cli("joint", "--smoke", "--epochs", "2", "--num-samples", "3", "--scheduler", "fifo",
+                            "--sampler", sampler, *startup, "--max-concurrent", "2", "--gpus-per-trial", "0",
+                            "--storage-path", tmp_path / sampler)
+        assert code == 0, out
+        df = _frame(tmp_path / sampler, "joint")
+        assert df["trial_id"].nunique() == 3 and (df.groupby("trial_id")["epoch"].max() == 2).all()
+        drawn[sampler] = tuple(sorted(df.groupby("trial_id")["lr"].first().round(12)))
+        record = json.loads((tmp_path / sampler / "joint" / "study.json").read_text())
+        assert record["search"]["sampler"] == sampler
+    assert drawn["tpe"] == drawn["tpe-mv"] == drawn["gp"] == drawn["random"], drawn
+    assert len({drawn["tpe"], drawn["qmc"], drawn["cmaes"]}) == 3, drawn
+    code, out = run_cli("joint", "--smoke", "--epochs", "4", "--num-samples", "4", "--grace-period", "1",
+                        "--reduction-factor", "2", "--brackets", "2", "--max-concurrent", "2", "--gpus-per-trial", "0",
+                        "--storage-path", tmp_path / "brackets")
+    assert code == 0, out
+    record = json.loads((tmp_path / "brackets" / "joint" / "study.json").read_text())
+    assert record["search"]["brackets"] == 2 and record["strategy"] == "multivariate TPE (3 random first) + ASHA (2 brackets)"
+    assert _frame(tmp_path / "brackets", "joint")["trial_id"].nunique() == 4
+
+
+def test_each_sampler_name_builds_optunas_sampler_seeded():
+    optuna = pytest.importorskip("optuna")
+    from tune_cifar.search import SAMPLERS, optuna_sampler
+
+    built = {name: optuna_sampler(name, 7) for name in SAMPLERS}
+    assert built["tpe"] is None  # OptunaSearch's own TPESampler(seed=search_seed), as before --sampler
+    kinds = {name: type(s).__name__ for name, s in built.items() if s is not None}
+    assert kinds == {"tpe-mv": "TPESampler", "gp": "GPSampler", "cmaes": "CmaEsSampler", "qmc": "QMCSampler",
+                     "random": "RandomSampler"}
+    assert built["tpe-mv"]._multivariate
+    # --startup-trials: the random draws before the model, for each sampler that has them
+    for name in ("tpe", "tpe-mv", "gp", "cmaes"):
+        assert optuna_sampler(name, 7, startup=3)._n_startup_trials == 3, name
+    assert SearchPlan(search="optuna", sampler="gp", startup_trials=3).label() == "GP (3 random first)"
+    with pytest.raises(ConfigError, match="--startup-trials sets the random draws"):
+        check({"lr": [0.01, 0.1]}, SearchPlan(search="optuna", sampler="qmc", startup_trials=3), 5, 1)
+    with pytest.raises(ConfigError, match="--startup-trials must be >= 1"):
+        check({"lr": [0.01, 0.1]}, SearchPlan(search="optuna", startup_trials=0), 5, 1)
+    # seeded: two builds draw the same first value
+    draws = [optuna.create_study(sampler=optuna_sampler("random", 7)).ask().suggest_float("x", 0, 1) for _ in range(2)]
+    assert draws[0] == draws[1]
+
+
+@pytest.mark.slow
+def test_a_search_starts_from_given_points_and_warm_starts_from_an_earlier_experiment(ray_session, tmp_path,
+                                                                                       sampled_study):
+    optuna = pytest.importorskip("optuna")
+    first = ["--smoke", "--epochs", "2", "--search", "optuna", "--num-samples", "2", "--scheduler", "fifo",
+             "--gpus-per-trial", "0", "--max-concurrent", "1"]
+    code, out = run_cli(sampled_study, *first, "--start", "lr=0.05,weight_decay=5e-4", "--storage-path", tmp_path / "a")
+    assert code == 0, out
+    a = _frame(tmp_path / "a", sampled_study)
+    configs = a.groupby("trial_id")[["config/lr", "config/weight_decay"]].first()
+    assert ((configs["config/lr"] == 0.05) & (configs["config/weight_decay"] == 5e-4)).sum() == 1
+    assert a["trial_id"].nunique() == 2
+    # the second search is told the first's two trials as done, trains two of its own, and says what it was told
+    code, out = run_cli(sampled_study, *first, "--warm-start", tmp_path / "a" / sampled_study,
+                        "--storage-path", tmp_path / "b")
+    assert code == 0, out
+    b = _frame(tmp_path / "b", sampled_study)
+    assert b["trial_id"].nunique() == 2 and b["trial_id"].isin(a["trial_id"]).sum() == 0
+    record = json.loads((tmp_path / "b" / sampled_study / "study.json").read_text())
+    assert record["warm_start"]["points"] == 2 and record["warm_start"]["trial_epochs"] == 4
+    assert record["warm_start"]["best"] == pytest.approx(a.groupby("trial_id")["val_acc"].last().max())
+    assert record["strategy"] == f"TPE, warm-started from {sampled_study}"
+    study = optuna.load_study(study_name=sampled_study, storage=f"sqlite:///{tmp_path / 'b' / sampled_study / 'optuna.db'}")
+    told = sorted((t.params["lr"], t.value) for t in study.trials)[:4]
+    finals = a.groupby("trial_id").agg(lr=("config/lr", "first"), val=("val_acc", "last"))
+    assert len(study.trials) == 4
+    assert all(any(p == pytest.approx(lr) and v == pytest.approx(val) for p, v in told)
+               for lr, val in finals.itertuples(index=False))
+
+
+def test_warm_start_points_are_the_finished_trials_inside_the_space_and_cost_every_epoch(tmp_path):
+    from ray import tune
+
+    from tune_cifar.warmstart import outside, parse_start, warm_start
+
+    space = {"lr": tune.loguniform(0.01, 0.2), "schedule": ["constant", "cosine"]}
+    rows = []
+    for tid, lr, status, epochs, final in (("t1", 0.05, "finished", 3, 0.6), ("t2", 0.1, "stopped_early", 1, 0.3),
+                                           ("t3", 0.15, "diverged", 3, 0.01), ("t4", 0.5, "finished", 3, 0.7),
+                                           ("t5", 0.02, "finished", 3, 0.4)):
+        for e in range(1, epochs + 1):
+            rows.append({"trial_id": tid, "status": status, "epoch": e, "iteration": e, "val_acc": final if e == epochs
+                         else 0.0, "config/lr": lr, "config/schedule": "cosine", "epoch_s": 10.0, "resources/gpu": 0.5})
+    (tmp_path / "exp").mkdir()
+    pd.DataFrame(rows).to_parquet(tmp_path / "exp" / "results.parquet")
+    w = warm_start(str(tmp_path / "exp"), space, "val_acc", "max")
+    # t4's lr 0.5 is outside the space; t2 was cut and t3 diverged: neither reached a final value that counts
+    assert w.points == [{"lr": 0.05, "schedule": "cosine"}, {"lr": 0.02, "schedule": "cosine"}]
+    assert w.rewards == [0.6, 0.4] and w.best == 0.6 and w.skipped == 1
+    assert w.trials == 5 and w.trial_epochs == 13 and w.gpu_hours == pytest.approx(13 * 10 * 0.5 / 3600)
+    assert parse_start(["lr=0.05,schedule=cosine"], space) == [{"lr": 0.05, "schedule": "cosine"}]
+    assert "not one of" in outside(space, {"lr": 0.05, "schedule": "step"})
+    assert "missing schedule" in outside(space, {"lr": 0.05})
+    with pytest.raises(ConfigError, match="unknown config key"):
+        parse_start(["lrr=0.05,schedule=cosine"], space)
+    with pytest.raises(ConfigError, match="none of its trials finished inside"):
+        warm_start(str(tmp_path / "exp"), {"lr": tune.loguniform(0.3, 0.4), "schedule": ["cosine"]}, "val_acc", "max")

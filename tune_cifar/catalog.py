@@ -30,7 +30,8 @@ def size(study: Study, seeds: int = 1, epochs: int | None = None, plan: SearchPl
     text = f"{n} trials x {per} epochs = {n * per:,} trial-epochs"
     resolved = plan.resolved(per)
     if plan.scheduler == "asha":
-        expected = n * search.asha_expected_trial_epochs(per, resolved.grace_period, resolved.reduction_factor)
+        expected = n * search.asha_expected_trial_epochs(per, resolved.grace_period, resolved.reduction_factor,
+                                                            resolved.brackets)
         text += f" at most, ~{expected:,.0f} expected under ASHA (grace {resolved.grace_period}, " \
                 f"reduction {resolved.reduction_factor})"
     if plan.scheduler == "pbt":
@@ -149,6 +150,14 @@ def _step(step: Step, seeds: tuple[int, ...], carried: dict[str, Any]) -> str:
     fixed = {k: v for k, v in step.base.to_dict().items() if k not in study.space and k not in carried
              and k not in ("data_dir", "download")}
     lines.append("  fixed: " + ", ".join(f"{k}={v}" for k, v in fixed.items()))
+    if step.start:
+        lines.append(f"  tried first ({len(step.start)}): " + "; ".join(
+            ", ".join(f"{k}={v}" for k, v in p.items()) for p in step.start))
+    if step.warm is not None:
+        w = step.warm
+        lines.append(f"  warm-started from {w.source}: {len(w.points)} of its {w.trials} trials told to the searcher "
+                     f"as done (best {study.metric} {w.best:.4f}; their {w.trial_epochs:,} trial-epochs count in the "
+                     f"budget comparison)" + (f"; {w.skipped} outside this space left out" if w.skipped else ""))
     sampled = search.sampled_fields(study.space)
     if sampled:
         lines.append(("  drawn with --search-seed " + str(plan.search_seed) + ": " if plan.search == "random" else

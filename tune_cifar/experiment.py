@@ -22,12 +22,13 @@ from typing import Any
 
 import pandas as pd
 
-from tune_cifar import results, search
+from tune_cifar import results, search, warmstart
 from tune_cifar.config import ConfigError, TrainConfig
 from tune_cifar.data import CifarData, data_summary
 from tune_cifar.storage import is_nonempty_folder, is_uri, join, read_text, trial_path, write_atomic
 from tune_cifar.search import SearchPlan
-from tune_cifar.studies import Study, load_study, scaled_settings
+from tune_cifar.studies import Study, StudyError, load_study, scaled_settings
+from tune_cifar.warmstart import WarmStart
 
 
 class ExperimentError(RuntimeError):
@@ -57,6 +58,8 @@ class RunOptions:
     plan: tuple[tuple[str, Any], ...] = ()  # SearchPlan fields given on the command line (--search, --scheduler...)
     verbose: bool = False  # Tune's own trial tables instead of our progress lines
     fuse: int | None = None  # train up to this many compatible configurations as one fused model per trial
+    start: tuple[str, ...] = ()  # --start FIELD=VALUE,...: configurations a model-based search tries first
+    warm_start: str | None = None  # --warm-start: an earlier experiment's results, told to the searcher as done
 
 
 # Options a resumed experiment takes anew (the trainable and Tune's failure handling are rebuilt);
@@ -69,7 +72,10 @@ RECORDED_OPTIONS = ("seeds", "epochs", "gpus_per_trial", "cpus_per_trial", "max_
 
 
 # Search settings that belong to one scheduler: given under another, they would silently do nothing.
-SCHEDULER_SETTINGS = {"grace_period": "asha", "reduction_factor": "asha", "perturbation_interval": "pbt"}
+OPTUNA_DB = "optuna.db"  # an Optuna search's study, in the experiment folder (optuna-dashboard sqlite:///...)
+PBT_CHECKPOINTS = 4  # per PBT member (pruning.py): a clone restores from a donor's latest while the donor saves on
+SCHEDULER_SETTINGS = {"grace_period": "asha", "reduction_factor": "asha", "brackets": "asha",
+                      "perturbation_interval": "pbt"}
 
 
 @dataclass(frozen=True)
@@ -81,6 +87,8 @@ class Step:
     base: TrainConfig  # the study's base with the run's settings over it (a chain's carried values come later)
     own_epochs: int  # the study's own epochs, which `scaled` is relative to
     scaled: dict[str, tuple[Any, Any]]  # study setting -> (its own value, the value at `epochs`)
+    start: tuple[dict[str, Any], ...] = ()  # configurations the searcher tries first (--start, or the study's START)
+    warm: WarmStart | None = None  # an earlier experiment's results, told to the searcher before it starts
 
 
 @dataclass(frozen=True)
@@ -100,7 +108,7 @@ class Plan:
 def plan_run(study: Study, opts: RunOptions) -> Plan:
     """Every refusal a run makes before Ray starts, and what it would run: the one path that both
     `--dry-run` and a real start take (a new refusal goes here, or in plan_step, and applies to both)."""
-    if study.chain and opts.plan:
+    if study.chain and (opts.plan or opts.start or opts.warm_start):
         raise ConfigError(f"the {study.name!r} chain runs its studies as their own grids; search one study instead "
                           f"(e.g. python -m tune_cifar.run joint)")
     studies = [load_study(name) for name in study.chain] or [study]
@@ -142,6 +150,13 @@ def plan_step(study: Study, opts: RunOptions) -> Step:
             flag = "--" + name.replace("_", "-")
             raise ConfigError(f"{flag} is a setting of {scheduler.upper()}, and this run's scheduler is "
                               f"{plan.scheduler}: add --scheduler {scheduler}, or drop {flag}")
+    if "sampler" not in given and plan.search != "optuna" and not opts.resume:
+        plan = replace(plan, sampler="tpe")  # the study's Optuna sampler, for a run that searches otherwise
+    if "startup_trials" not in given and plan.startup_trials is not None and not opts.resume and (
+            plan.search != "optuna" or plan.sampler not in search.STARTUP_SAMPLERS):
+        plan = replace(plan, startup_trials=None)  # the study's setting, for a sampler this run does not use
+    if "brackets" not in given and plan.scheduler != "asha" and not opts.resume:
+        plan = replace(plan, brackets=1)
     plan = search.check(study.space, plan, epochs, opts.seeds)
     if opts.fuse is not None:
         if opts.fuse < 1:
@@ -153,7 +168,35 @@ def plan_step(study: Study, opts: RunOptions) -> Step:
     base = at_length.base_config().replace(**_overrides(opts))
     search.validate_space(study.space, base)  # every grid point and domain edge under the run's settings
     scaled = {k: v for k, v in scaled_settings(study, epochs).items() if k not in given and k not in dict(opts.extra)}
-    return Step(at_length, plan, epochs, base, own, scaled)  # (what the user gave is the user's, not scaled)
+    start, warm = start_points(at_length, plan, opts)
+    return Step(at_length, plan, epochs, base, own, scaled, start, warm)  # (the user's values are not scaled)
+
+
+def start_points(study: Study, plan: SearchPlan, opts: RunOptions) -> tuple[tuple[dict[str, Any], ...], WarmStart | None]:
+    """The configurations a model-based search starts from (--start over the study's START) and the warm
+    start (--warm-start), checked against the study's space; refused for searches that draw their own points."""
+    if opts.start and opts.warm_start:
+        raise ConfigError("--start and --warm-start together: Tune's searchers take either points to run first or "
+                          "points already evaluated, not both; pass one")
+    asked = "--start" if opts.start else "--warm-start" if opts.warm_start else None
+    if asked and plan.search not in search.SEARCH_PACKAGES:
+        raise ConfigError(f"{asked} feeds a model-based searcher, and this search is {plan.search} (it runs the points "
+                          f"it draws); add --search optuna")
+    if opts.warm_start and plan.search != "optuna":
+        raise ConfigError(f"--warm-start needs --search optuna: Ray 2.60's HyperOptSearch takes no evaluated points")
+    if opts.resume:  # Tune restores the searcher as it was: what it started from is part of that
+        return (), None
+    if opts.warm_start:
+        return (), warmstart.warm_start(opts.warm_start, study.space, study.metric, study.mode)
+    if opts.start:
+        return tuple(warmstart.parse_start(opts.start, study.space)), None
+    if study.start and plan.search in search.SEARCH_PACKAGES:
+        for point in study.start:
+            why = warmstart.outside(study.space, point)
+            if why:
+                raise StudyError(f"the {study.name!r} study's START {point}: {why}")
+        return study.start, None
+    return (), None
 
 
 def search_plan(study: Study, opts: RunOptions) -> SearchPlan:
@@ -361,7 +404,7 @@ def _parse_record(text: str, folder: str) -> dict[str, Any]:
 def _identity(record: dict[str, Any]) -> dict[str, str]:
     """What makes an experiment this one, setting by setting: a resume must match every one."""
     base = {k: v for k, v in record.get("base", {}).items() if k not in ("data_dir", "download", "device")}
-    plan = record.get("search") or asdict(SearchPlan())
+    plan = {**asdict(SearchPlan()), **(record.get("search") or {})}  # (fields added since take their defaults)
     settings = {"study": record.get("study"), "space": record.get("space"), "seeds": record.get("seeds"),
                 "fuse": record.get("fuse"), **base, **{f"search {k}": v for k, v in plan.items()}}
     return {k: json.dumps(v, sort_keys=True, default=str) for k, v in settings.items()}
@@ -403,6 +446,7 @@ def run_study(study: Study, data: CifarData, opts: RunOptions, storage: str, car
     from ray import tune
 
     from tune_cifar.progress import EpochRecorder, StudyProgress
+    from tune_cifar.pruning import CheckpointPruner
     from tune_cifar.trainable import TrialOptions, train_group, train_trial
 
     carried = carried or {}
@@ -414,6 +458,11 @@ def run_study(study: Study, data: CifarData, opts: RunOptions, storage: str, car
     copies = [results.reused_rows(study.name, s, earlier) for s in sources]
     record = {**study_record(study, opts, carried, res, chain, plan, data),
               "reused": {c["trial_id"].iloc[0]: c[results.REUSED_FROM].iloc[0] for c in copies}}
+    if step.start:
+        record["start"] = [dict(p) for p in step.start]
+    if step.warm is not None:  # the budget comparison counts its cost, and names the strategy by it
+        record["warm_start"] = step.warm.record()
+        record["strategy"] = f"{plan.label()}, warm-started from {step.warm.source.rstrip('/').rsplit('/', 1)[-1]}"
     if saved is not None:
         res = saved.get("resources") or res
         record = {**saved, "options": {k: getattr(opts, k) for k in RECORDED_OPTIONS}, "reused": record["reused"],
@@ -434,6 +483,10 @@ def run_study(study: Study, data: CifarData, opts: RunOptions, storage: str, car
         print(f"[{study.name}] {study.described(carried)}\n[{study.name}] no trial to train{reused_note}; results in "
               f"{path}", file=sys.stderr)
         return _write_results(path, results.combine(copies))
+    # Optuna's study in SQLite beside the results (optuna-dashboard reads it live); SQLite needs a local folder
+    optuna_db = str(Path(path).absolute() / OPTUNA_DB) if plan.search == "optuna" and not is_uri(path) else None
+    callbacks = ([EpochRecorder(path)] + ([] if opts.verbose else [progress])
+                 + ([CheckpointPruner(PBT_CHECKPOINTS)] if plan.scheduler == "pbt" else []))
     resume = opts.resume
     if resume and not tune.Tuner.can_restore(path):
         if is_uri(path) or any(p.is_dir() for p in Path(path).iterdir()):
@@ -449,11 +502,15 @@ def run_study(study: Study, data: CifarData, opts: RunOptions, storage: str, car
         # the parts a resumed run may change, and Tune reads them from this object when fit() starts.
         run_config = tuner._local_tuner.get_run_config()
         run_config.failure_config = tune.FailureConfig(max_failures=opts.max_failures)
-        run_config.callbacks = [EpochRecorder(path)] + ([] if opts.verbose else [progress])
+        run_config.callbacks = callbacks
         run_config.verbose = None if opts.verbose else 0
     else:
         points = searcher_points(study, opts, carried, plan, to_train)
-        alg = search.searcher(plan, study.metric, study.mode, opts.seeds, opts.max_concurrent, points)
+        if optuna_db is not None and Path(optuna_db).exists():
+            search.drop_optuna_study(optuna_db, study.name)
+        alg = search.searcher(plan, study.metric, study.mode, opts.seeds, opts.max_concurrent, points,
+                              optuna_db=optuna_db, name=study.name, start=list(step.start) or None,
+                              warm=step.warm)
         samples = plan.num_samples * (opts.seeds if alg is not None else 1)
         tuner = tune.Tuner(
             trainable,
@@ -472,13 +529,14 @@ def run_study(study: Study, data: CifarData, opts: RunOptions, storage: str, car
                 # every num_to_keep checkpoints, so the one that state names is still there), and at a trial's
                 # end its final epoch's (trainable.checkpoint_due always saves it). No score attribute: one
                 # (val_acc) would keep an earlier best epoch instead, which nothing uses (ranking.py ranks final
-                # epochs). PBT clones a donor's latest checkpoint while the donor goes on saving: keep a few more.
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=4 if plan.scheduler == "pbt" else 2),
+                # epochs). Under PBT Tune's count goes wrong (pruning.py): CheckpointPruner keeps a few more there
+                # (a clone restores from a donor's latest while the donor goes on saving), counted by folder.
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=None if plan.scheduler == "pbt" else 2),
                 # The trials write run_info.json straight to storage (TrialOptions.experiment_path), so Tune
                 # need not upload their working folders (a forced upload at every checkpoint and trial end).
                 sync_config=tune.SyncConfig(sync_artifacts=False),
                 failure_config=tune.FailureConfig(max_failures=opts.max_failures),
-                callbacks=[EpochRecorder(path)] + ([] if opts.verbose else [progress]),
+                callbacks=callbacks,
                 verbose=None if opts.verbose else 0,
             ),
         )
@@ -487,11 +545,16 @@ def run_study(study: Study, data: CifarData, opts: RunOptions, storage: str, car
             else f"{n_trials} trials") + reused_note
     print(f"[{study.name}] {study.described(carried)}\n[{study.name}] {what}, up to {epochs} epochs "
           f"({plan.label()}), {per_trial} each, carried {carried or 'nothing'}; results in {path}", file=sys.stderr)
+    for line in live_views(path, optuna_db):
+        print(f"[{study.name}] {line}", file=sys.stderr)
     with _quiet_tune(not opts.verbose):
         grid = tuner.fit()
     ended = grid.num_terminated + grid.num_errors
     if ended < n_trials:  # Tune returns normally on Ctrl-C/SIGTERM, with trials left unstarted or paused
         raise Interrupted(f"{ended} of {n_trials} trials of {study.name!r} ended; the rest are saved in {path}")
+    if optuna_db is not None and (orphans := search.settle_optuna_db(optuna_db, study.name)):
+        print(f"[{study.name}] {OPTUNA_DB}: {orphans} trial(s) suggested before the driver was killed never ran; "
+              f"marked FAIL there", file=sys.stderr)
     df = _write_results(path, results.combine([results_frame(grid, study, res, path), *copies]))
     df.attrs["failed_trials"] = grid.num_errors
     empty = results.trials_without_results(df)
@@ -560,6 +623,22 @@ def run(study: Study, data: CifarData, opts: RunOptions, given: set[str] = froze
         carried = {**carried, **won}
         write_atomic(join(storage, "chain.json"), json.dumps(chain_log, indent=2, default=str))
     return frames
+
+
+def live_views(path: str, optuna_db: str | None, installed: set[str] | None = None) -> list[str]:
+    """The commands that show a study while it runs: TensorBoard over the trial folders (Tune writes
+    every trial's epochs there as event files) and, for an Optuna search, optuna-dashboard over its study."""
+    if installed is None:
+        import importlib.util
+
+        installed = {m for m in ("tensorboard", "optuna_dashboard") if importlib.util.find_spec(m) is not None}
+    missing = "   (pip install 'tune-cifar[dashboards]' first)"
+    where = path if is_uri(path) else str(Path(path).absolute())
+    lines = [f"watch: tensorboard --logdir {where}" + ("" if "tensorboard" in installed else missing)]
+    if optuna_db is not None:
+        lines.append(f"watch: optuna-dashboard sqlite:///{optuna_db}" + ("" if "optuna_dashboard" in installed
+                                                                          else missing))
+    return lines
 
 
 def next_steps(storage_path: str, study: Study, tensorboard: bool | None = None) -> str:

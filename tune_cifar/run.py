@@ -27,7 +27,7 @@ from tune_cifar.data import RELEASES, DataError, has_dataset, load_cifar, read_c
 from tune_cifar.experiment import (ExperimentError, Interrupted, RunOptions, check_storage, next_steps,  # noqa: E402
                                    plan_run, run)
 from tune_cifar.schema import DEVICES  # noqa: E402
-from tune_cifar.search import SCHEDULERS, SEARCHES  # noqa: E402
+from tune_cifar.search import SAMPLERS, SCHEDULERS, SEARCHES  # noqa: E402
 from tune_cifar.storage import StorageError, check_writable  # noqa: E402
 from tune_cifar.studies import StudyError, load_study  # noqa: E402
 
@@ -68,6 +68,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     s.add_argument("--reduction-factor", type=int, help="ASHA: 1 in this many trials goes on at each rung (default 4)")
     s.add_argument("--perturbation-interval", type=int, help="PBT: epochs between exploits (default epochs // 10)")
     s.add_argument("--search-seed", type=int, help="seed of the sampler and the scheduler (default 0)")
+    s.add_argument("--sampler", choices=SAMPLERS,
+                   help="Optuna's sampler, with --search optuna (default tpe; tpe-mv: multivariate TPE)")
+    s.add_argument("--startup-trials", type=int, help="Optuna (tpe, tpe-mv, gp, cmaes): random draws before the "
+                   "sampler's model takes over (default Optuna's 10: a search of fewer trials is a random search)")
+    s.add_argument("--brackets", type=int, help="ASHA: Hyperband brackets, each starting its cuts later "
+                   "(grace period x reduction factor per bracket; default 1)")
+    s.add_argument("--start", action="append", default=[], metavar="FIELD=VALUE,...",
+                   help="a configuration a model-based search (optuna, hyperopt) tries first, every varied field "
+                        "given, e.g. --start lr=0.05,schedule=cosine,weight_decay=5e-4,mixup_alpha=0.2 (repeatable; "
+                        "over the study's START)")
+    s.add_argument("--warm-start", metavar="EXPERIMENT", help="an earlier experiment's folder (<storage>/<study>): its "
+                   "finished trials are told to Optuna as already evaluated before it draws (--search optuna)")
     s.add_argument("--fuse", type=int, metavar="K", help="train up to K compatible configurations (seeds included) "
                    "as one fused model per trial, with one trial's resources (grid search, FIFO)")
     r = p.add_argument_group("resources and storage")
@@ -78,6 +90,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="where experiments go: a local path, NFS, s3:// or gs:// (default ./results)")
     r.add_argument("--address", default=None, help="Ray cluster to join (default RAY_ADDRESS, else a local Ray)")
     r.add_argument("--resume", action="store_true", help="continue an interrupted experiment (Tuner.restore)")
+    r.add_argument("--dashboard", action="store_true", help="start the local Ray with its dashboard (off by default: "
+                   "it costs a few seconds and a port); a cluster's dashboard is the head node's")
     r.add_argument("--max-concurrent", type=int, help="at most this many trials at once (searchers too)")
     r.add_argument("--max-failures", type=int, help="retries of a crashed trial from its checkpoint (default 2)")
     r.add_argument("--checkpoint-every", type=int,
@@ -110,6 +124,9 @@ def validate(args: argparse.Namespace) -> None:
         (args.max_concurrent is not None and args.max_concurrent < 1, "--max-concurrent must be >= 1"),
         (args.max_failures is not None and args.max_failures < 0, "--max-failures must be >= 0"),
         (args.checkpoint_every is not None and args.checkpoint_every < 1, "--checkpoint-every must be >= 1"),
+        (args.dashboard and (args.address or os.environ.get("RAY_ADDRESS")),
+         "--dashboard starts a local Ray's dashboard, but this run joins a cluster; open the head node's instead "
+         "(ray start --head --include-dashboard=true, port 8265)"),
     ]
     for bad, message in problems:
         if bad:
@@ -151,7 +168,7 @@ def overrides(args: argparse.Namespace) -> dict[str, object]:
 OPTIONAL = ("epochs", "seeds", "gpus_per_trial", "cpus_per_trial", "max_concurrent", "max_failures",
             "checkpoint_every", "device", "fuse")
 PLAN_OPTIONS = ("search", "num_samples", "scheduler", "grace_period", "reduction_factor", "perturbation_interval",
-                "search_seed")
+                "search_seed", "sampler", "startup_trials", "brackets")
 
 
 def options(args: argparse.Namespace, data_dir: str) -> tuple[RunOptions, set[str]]:
@@ -163,7 +180,8 @@ def options(args: argparse.Namespace, data_dir: str) -> tuple[RunOptions, set[st
     plan = tuple((name, getattr(args, name)) for name in PLAN_OPTIONS if getattr(args, name) is not None)
     extra = ({"batch_size": SMOKE["batch_size"]} if args.smoke else {}) | overrides(args)
     opts = RunOptions(storage_path=args.storage_path, data_dir=data_dir, download=args.download,
-                      resume=args.resume, extra=tuple(extra.items()), plan=plan, verbose=args.verbose, **values)
+                      resume=args.resume, extra=tuple(extra.items()), plan=plan, verbose=args.verbose,
+                      start=tuple(args.start), warm_start=args.warm_start, **values)
     return opts, given
 
 
@@ -206,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
                 data, data_dir = read_cifar(smoke_dir, dataset), "<generated>"
         else:
             data, data_dir = load_cifar(args.data_dir, args.download, dataset), str(Path(args.data_dir).absolute())
-        _start_ray(args.address)
+        _start_ray(args.address, args.dashboard)
         frames = run(study, data, replace(opts, data_dir=data_dir), given)
     except (ConfigError, DataError, StudyError, ExperimentError, StorageError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -224,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _start_ray(address: str | None) -> None:
+def _start_ray(address: str | None, dashboard: bool = False) -> None:
     # With --checkpoint-every 1 on short trials Tune warns that its state is saved often; that is the point there.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # Ray reports usage statistics over the network unless told not to; nothing here reaches the network
@@ -239,7 +257,11 @@ def _start_ray(address: str | None) -> None:
     if address:
         ray.init(address=address)
     else:
-        ray.init(include_dashboard=False)
+        context = ray.init(include_dashboard=dashboard)
+        if dashboard:
+            token = Path.home() / ".ray" / "auth_token"  # Ray 2.5x+ turns on token auth (RAY_AUTH_MODE)
+            note = f" (Ray's token auth is on: it wants the token in {token})" if token.exists() else ""
+            print(f"Ray dashboard: http://{context.dashboard_url}{note}", file=sys.stderr)
 
 
 if __name__ == "__main__":

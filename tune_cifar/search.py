@@ -25,6 +25,10 @@ from tune_cifar.schema import MUTABLE_FIELDS
 
 SEARCHES = ("grid", "random", "optuna", "hyperopt")
 SCHEDULERS = ("fifo", "asha", "pbt")
+STARTUP_SAMPLERS = ("tpe", "tpe-mv", "gp", "cmaes")  # the samplers that draw at random before their model
+# Optuna's samplers (--sampler, with --search optuna) -> how a strategy is named, and the package each needs
+SAMPLERS = {"tpe": ("TPE", "optuna"), "tpe-mv": ("multivariate TPE", "optuna"), "gp": ("GP", "optuna"),
+            "cmaes": ("CMA-ES", "cmaes"), "qmc": ("QMC", "optuna"), "random": ("Optuna random", "optuna")}
 # Where each searcher's package comes from: the extra that installs it.
 SEARCH_PACKAGES = {"optuna": ("optuna", "tune-cifar[search]"), "hyperopt": ("hyperopt", "tune-cifar[search]")}
 # Fields PBT may never differ in across its members: an exploit copies one member's weights into another.
@@ -40,6 +44,9 @@ class SearchPlan:
     reduction_factor: int = 4  # ASHA: a quarter of the trials at a rung go on to the next
     perturbation_interval: int | None = None  # PBT: epochs between exploit/explore steps (None: epochs // 10)
     search_seed: int = 0  # seeds the sampler and the scheduler's own draws, so a search can be repeated
+    sampler: str = "tpe"  # Optuna's sampler (--search optuna): one of SAMPLERS
+    startup_trials: int | None = None  # Optuna: random draws before the model (None: Optuna's default, 10)
+    brackets: int = 1  # ASHA: Hyperband's brackets, bracket s starting its cuts at grace_period * reduction_factor**s
 
     def resolved(self, epochs: int) -> "SearchPlan":
         """Defaults that depend on the study's epochs filled in."""
@@ -52,8 +59,12 @@ class SearchPlan:
 
     def label(self) -> str:
         """`TPE + ASHA`, `random`, `grid`: how the budget comparison names a strategy."""
-        search = {"optuna": "TPE", "hyperopt": "HyperOpt TPE"}.get(self.search, self.search)
-        return search if self.scheduler == "fifo" else f"{search} + {self.scheduler.upper()}"
+        search = {"optuna": SAMPLERS.get(self.sampler, (self.sampler,))[0], "hyperopt": "HyperOpt TPE"}.get(
+            self.search, self.search)
+        if self.search == "optuna" and self.startup_trials is not None:
+            search += f" ({self.startup_trials} random first)"
+        scheduler = self.scheduler.upper() + (f" ({self.brackets} brackets)" if self.brackets > 1 else "")
+        return search if self.scheduler == "fifo" else f"{search} + {scheduler}"
 
 
 def is_domain(value: Any) -> bool:
@@ -167,6 +178,23 @@ def check(space: Mapping[str, Any], plan: SearchPlan, epochs: int, seeds: int) -
         raise ConfigError(f"--num-samples must be >= 1, not {plan.num_samples}")
     if not is_seed(plan.search_seed):
         raise ConfigError(f"--search-seed {plan.search_seed!r}: {SEED_RULE}")
+    if plan.sampler not in SAMPLERS:
+        raise ConfigError(f"--sampler must be one of {', '.join(SAMPLERS)}, not {plan.sampler!r}")
+    if plan.sampler != "tpe" and plan.search != "optuna":
+        raise ConfigError(f"--sampler {plan.sampler} picks Optuna's sampler, and this search is {plan.search}: "
+                          f"add --search optuna, or drop --sampler")
+    if plan.search == "optuna" and importlib.util.find_spec(SAMPLERS[plan.sampler][1]) is None:
+        raise ConfigError(f"--sampler {plan.sampler} needs the {SAMPLERS[plan.sampler][1]} package, which is not "
+                          f"installed: pip install 'tune-cifar[search]'")
+    if plan.startup_trials is not None and (plan.search != "optuna" or plan.sampler not in STARTUP_SAMPLERS):
+        raise ConfigError(f"--startup-trials sets the random draws before a model-based Optuna sampler "
+                          f"({', '.join(STARTUP_SAMPLERS)}), and this search is {plan.search}"
+                          + (f" with --sampler {plan.sampler}" if plan.search == "optuna" else "")
+                          + ": drop it, or add --search optuna --sampler tpe")
+    if plan.startup_trials is not None and plan.startup_trials < 1:
+        raise ConfigError(f"--startup-trials must be >= 1, not {plan.startup_trials}")
+    if plan.brackets < 1:
+        raise ConfigError(f"--brackets must be >= 1, not {plan.brackets}")
     sampled = sampled_fields(space)
     if plan.search == "grid" and sampled:
         raise ConfigError(f"--search grid needs lists, but this study samples {', '.join(sampled)}; "
@@ -227,9 +255,18 @@ def check(space: Mapping[str, Any], plan: SearchPlan, epochs: int, seeds: int) -
     return plan
 
 
-def asha_expected_trial_epochs(epochs: int, grace_period: int, reduction_factor: int) -> float:
+def asha_expected_trial_epochs(epochs: int, grace_period: int, reduction_factor: int, brackets: int = 1) -> float:
     """Epochs one trial runs on average under synchronous successive halving: every trial reaches the
-    first rung, 1/rf of them the next, and so on up to `epochs` (asynchronous ASHA promotes a little more)."""
+    first rung, 1/rf of them the next, and so on up to `epochs` (asynchronous ASHA promotes a little more).
+    With brackets, Ray's ASHA puts a trial in bracket s (first cut at grace * rf**s) with a probability
+    proportional to e**(its number of rungs), so the later-cutting brackets get fewer trials."""
+    if brackets > 1:
+        sizes = [max(0, int(math.log(epochs / grace_period) / math.log(reduction_factor) - s + 1))
+                 for s in range(brackets)]  # ray.tune.schedulers.async_hyperband._Bracket's MAX_RUNGS
+        weights = [math.e ** (n - max(sizes)) for n in sizes]
+        costs = [asha_expected_trial_epochs(epochs, grace_period * reduction_factor ** s, reduction_factor)
+                 for s in range(brackets)]
+        return sum(w * c for w, c in zip(weights, costs)) / sum(weights)
     rungs = []
     milestone = grace_period
     while milestone < epochs:
@@ -262,9 +299,12 @@ def tune_space(space: Mapping[str, Any], plan: SearchPlan) -> dict[str, Any]:
 
 
 def searcher(plan: SearchPlan, metric: str, mode: str, seeds: int, max_concurrent: int | None,
-             trials: list[dict[str, Any]] | None = None) -> Any:
+             trials: list[dict[str, Any]] | None = None, optuna_db: str | None = None, name: str = "optuna",
+             start: list[dict[str, Any]] | None = None, warm: Any = None) -> Any:
     """A Tune search algorithm; grid and random search run exactly `trials` (each a config over the param
-    space, seed included) through Tune's BasicVariantGenerator, or Tune's own generator when None (fused)."""
+    space, seed included) through Tune's BasicVariantGenerator, or Tune's own generator when None (fused).
+    Optuna keeps its study `name` in the SQLite file `optuna_db` when given (what optuna-dashboard reads).
+    A model-based searcher tries `start` first; Optuna is told `warm` (warmstart.WarmStart) as done."""
     if plan.search in ("grid", "random"):
         if trials is None:
             return None
@@ -272,13 +312,22 @@ def searcher(plan: SearchPlan, metric: str, mode: str, seeds: int, max_concurren
 
         return BasicVariantGenerator(points_to_evaluate=trials, max_concurrent=max_concurrent or 0)
     if plan.search == "optuna":
+        import optuna
         from ray.tune.search.optuna import OptunaSearch
 
-        alg = OptunaSearch(metric=metric, mode=mode, seed=plan.search_seed)
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # not a line per trial ("Trial 3 finished ...")
+
+        storage = None
+        if optuna_db is not None:
+            storage = optuna.storages.RDBStorage(f"sqlite:///{optuna_db}")
+        sampler = optuna_sampler(plan.sampler, plan.search_seed, plan.startup_trials)
+        points, rewards = (warm.points, warm.rewards) if warm is not None else (start, None)
+        alg = OptunaSearch(metric=metric, mode=mode, seed=None if sampler else plan.search_seed, sampler=sampler,
+                           storage=storage, study_name=name, points_to_evaluate=points, evaluated_rewards=rewards)
     else:
         from ray.tune.search.hyperopt import HyperOptSearch
 
-        alg = HyperOptSearch(metric=metric, mode=mode, random_state_seed=plan.search_seed)
+        alg = HyperOptSearch(metric=metric, mode=mode, random_state_seed=plan.search_seed, points_to_evaluate=start)
     if seeds > 1:
         from ray.tune.search import Repeater
 
@@ -290,6 +339,53 @@ def searcher(plan: SearchPlan, metric: str, mode: str, seeds: int, max_concurren
     return alg
 
 
+def optuna_sampler(name: str, seed: int, startup: int | None = None) -> Any:
+    """Optuna's sampler called `name`, seeded, with `startup` random draws before its model (None: Optuna's
+    default, 10); None for plain "tpe", which OptunaSearch builds itself (TPESampler(seed=seed): what every
+    Optuna search here ran before --sampler)."""
+    if name == "tpe" and startup is None:
+        return None
+    import optuna
+
+    samplers = optuna.samplers
+    first = {} if startup is None else {"n_startup_trials": startup}
+    if name in ("tpe", "tpe-mv"):  # tpe-mv: one joint density over the fields instead of one per field
+        return samplers.TPESampler(seed=seed, multivariate=name == "tpe-mv", **first)
+    if name == "gp":
+        return samplers.GPSampler(seed=seed, **first)
+    if name == "cmaes":  # categorical fields go to its independent sampler (random), as Optuna warns
+        return samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False, **first)
+    if name == "qmc":
+        return samplers.QMCSampler(seed=seed, warn_independent_sampling=False)
+    return samplers.RandomSampler(seed=seed)
+
+
+def settle_optuna_db(db: str, name: str) -> int:
+    """Once a run is over, trials the database still calls RUNNING were suggested after Tune last saved
+    the searcher, by a driver killed before it saved again: the resumed searcher never heard of them and
+    none of them ran. Each is marked FAIL with a note, so that the database's COMPLETE and PRUNED trials
+    are exactly the experiment's. Returns how many there were."""
+    import optuna
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{db}")
+    study = optuna.load_study(study_name=name, storage=storage)
+    orphans = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    for t in orphans:
+        storage.set_trial_user_attr(t._trial_id, "tune_cifar", "suggested before the driver was killed; never ran")
+        storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+    return len(orphans)
+
+
+def drop_optuna_study(db: str, name: str) -> None:
+    """A fresh start's searcher must not learn from a study left by a start that Tune never saved."""
+    import optuna
+
+    try:
+        optuna.delete_study(study_name=name, storage=f"sqlite:///{db}")
+    except KeyError:
+        pass
+
+
 def scheduler(plan: SearchPlan, space: Mapping[str, Any], epochs: int) -> Any:
     """A Tune trial scheduler, or None for FIFO (every trial to its end)."""
     if plan.scheduler == "fifo":
@@ -298,7 +394,7 @@ def scheduler(plan: SearchPlan, space: Mapping[str, Any], epochs: int) -> Any:
         from ray.tune.schedulers import ASHAScheduler
 
         return ASHAScheduler(time_attr="training_iteration", max_t=epochs, grace_period=plan.grace_period,
-                             reduction_factor=plan.reduction_factor, brackets=1)
+                             reduction_factor=plan.reduction_factor, brackets=plan.brackets)
     from ray.tune.schedulers import PopulationBasedTraining
 
     mutations = {k: (v if is_domain(v) else list(v)) for k, v in space.items() if k in MUTABLE_FIELDS}

@@ -20,7 +20,8 @@ from tune_cifar.search import SearchPlan, describe, is_domain, num_trials, sampl
 
 # Module attributes that set a study's default search plan -> SearchPlan's fields.
 PLAN_ATTRIBUTES = {"NUM_SAMPLES": "num_samples", "SCHEDULER": "scheduler", "GRACE_PERIOD": "grace_period",
-                   "REDUCTION_FACTOR": "reduction_factor", "PERTURBATION_INTERVAL": "perturbation_interval"}
+                   "REDUCTION_FACTOR": "reduction_factor", "PERTURBATION_INTERVAL": "perturbation_interval",
+                   "SAMPLER": "sampler", "STARTUP_TRIALS": "startup_trials", "BRACKETS": "brackets"}
 
 
 class StudyError(ValueError):
@@ -38,6 +39,7 @@ class Study:
     mode: str = "max"
     chain: tuple[str, ...] = ()  # non-empty: run these studies in order, carrying winners
     plan: SearchPlan = SearchPlan()  # how the space is searched by default (the module's SEARCH, SCHEDULER, ...)
+    start: tuple[dict[str, Any], ...] = ()  # configurations a model-based search tries first (the module's START)
 
     @property
     def is_grid(self) -> bool:
@@ -224,7 +226,8 @@ def study_from_module(module: ModuleType, name: str, where: str) -> Study:
     plan = SearchPlan(search=getattr(module, "SEARCH", "grid" if not sampled_fields(space) else "random"),
                       **{field: getattr(module, attr) for attr, field in PLAN_ATTRIBUTES.items() if hasattr(module, attr)})
     study = Study(name, description, getattr(module, "TITLE", name), dict(getattr(module, "BASE", {})), space,
-                  getattr(module, "METRIC", "val_acc"), getattr(module, "MODE", "max"), plan=plan)
+                  getattr(module, "METRIC", "val_acc"), getattr(module, "MODE", "max"), plan=plan,
+                  start=tuple(dict(p) for p in getattr(module, "START", ())))
     if study.mode not in ("max", "min"):
         raise StudyError(f"{where}: MODE must be 'max' or 'min', not {study.mode!r}")
     if study.metric not in RANKING_METRICS:
