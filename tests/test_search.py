@@ -450,11 +450,11 @@ def test_a_search_starts_from_given_points_and_warm_starts_from_an_earlier_exper
     optuna = pytest.importorskip("optuna")
     first = ["--smoke", "--epochs", "2", "--search", "optuna", "--num-samples", "2", "--scheduler", "fifo",
              "--gpus-per-trial", "0", "--max-concurrent", "1"]
-    code, out = run_cli(sampled_study, *first, "--start", "lr=0.05,weight_decay=5e-4", "--storage-path", tmp_path / "a")
+    code, out = run_cli(sampled_study, *first, "--start", "lr=0.01,weight_decay=5e-4", "--storage-path", tmp_path / "a")
     assert code == 0, out
     a = _frame(tmp_path / "a", sampled_study)
     configs = a.groupby("trial_id")[["config/lr", "config/weight_decay"]].first()
-    assert ((configs["config/lr"] == 0.05) & (configs["config/weight_decay"] == 5e-4)).sum() == 1
+    assert ((configs["config/lr"] == 0.01) & (configs["config/weight_decay"] == 5e-4)).sum() == 1
     assert a["trial_id"].nunique() == 2
     # the second search is told the first's two trials as done, trains two of its own, and says what it was told
     code, out = run_cli(sampled_study, *first, "--warm-start", tmp_path / "a" / sampled_study,
@@ -462,14 +462,18 @@ def test_a_search_starts_from_given_points_and_warm_starts_from_an_earlier_exper
     assert code == 0, out
     b = _frame(tmp_path / "b", sampled_study)
     assert b["trial_id"].nunique() == 2 and b["trial_id"].isin(a["trial_id"]).sum() == 0
+    # a smoke trial near lr 0.05 may end diverged (46-nat rule; seen here): it is not told, but it is paid for
+    # (the start point sits at the space's lowest lr, which keeps one trial finished)
+    finals = a.groupby("trial_id").agg(lr=("config/lr", "first"), val=("val_acc", "last"), status=("status", "last"))
+    finals = finals[finals["status"] == "finished"].drop(columns="status")
+    assert len(finals) >= 1, a  # with none finished the warm start is refused, tested elsewhere
     record = json.loads((tmp_path / "b" / sampled_study / "study.json").read_text())
-    assert record["warm_start"]["points"] == 2 and record["warm_start"]["trial_epochs"] == 4
-    assert record["warm_start"]["best"] == pytest.approx(a.groupby("trial_id")["val_acc"].last().max())
+    assert record["warm_start"]["points"] == len(finals) and record["warm_start"]["trial_epochs"] == 4
+    assert record["warm_start"]["best"] == pytest.approx(finals["val"].max())
     assert record["strategy"] == f"TPE, warm-started from {sampled_study}"
     study = optuna.load_study(study_name=sampled_study, storage=f"sqlite:///{tmp_path / 'b' / sampled_study / 'optuna.db'}")
-    told = sorted((t.params["lr"], t.value) for t in study.trials)[:4]
-    finals = a.groupby("trial_id").agg(lr=("config/lr", "first"), val=("val_acc", "last"))
-    assert len(study.trials) == 4
+    told = [(t.params["lr"], t.value) for t in study.trials]
+    assert len(study.trials) == len(finals) + 2
     assert all(any(p == pytest.approx(lr) and v == pytest.approx(val) for p, v in told)
                for lr, val in finals.itertuples(index=False))
 
