@@ -230,10 +230,13 @@ def noise_sentence(b: pd.DataFrame, alpha: float = 0.05) -> str:
             if math.isnan(r["mean"]):
                 said.append(f"at {100 * r['fraction']:.0f}% not every run had found anything")
                 continue
-            verdict = ("within seed noise" if math.isnan(r["p"]) or r["p"] >= alpha
+            if math.isnan(r["p"]):  # no noise estimate: a verdict either way would be made up
+                why = "one run" if r["runs"] < 2 else "no spread on either side"
+                said.append(f"at {100 * r['fraction']:.0f}% {r['difference']:+.4f} (untested: {why})")
+                continue
+            verdict = ("within seed noise" if r["p"] >= alpha
                        else "beyond seed noise, " + ("above" if r["difference"] > 0 else "below"))
-            p = "n/a" if math.isnan(r["p"]) else f"{r['p']:.3f}"
-            said.append(f"at {100 * r['fraction']:.0f}% {r['difference']:+.4f} (p {p}: {verdict})")
+            said.append(f"at {100 * r['fraction']:.0f}% {r['difference']:+.4f} (p {r['p']:.3f}: {verdict})")
         parts.append(f"{strategy}: " + "; ".join(said))
     return (f"Against the chain's mean best over {chain_runs} replicates ({vs['chain_mean'].iloc[0]:.4f}, sd "
             f"{vs['chain_sd'].iloc[0]:.4f}), each search's mean best found by a fraction of the chain's budget, "

@@ -14,6 +14,11 @@ and optionally how the space is searched by default (the command line can overri
     NUM_SAMPLES            configurations a sampler draws (default 1)
     SCHEDULER              "fifo" (default), "asha" or "pbt"
     GRACE_PERIOD, REDUCTION_FACTOR, PERTURBATION_INTERVAL   the scheduler's settings
+    BRACKETS               ASHA's Hyperband brackets (default 1; a shorter run keeps those that still cut)
+    SAMPLER, STARTUP_TRIALS   Optuna's sampler ("tpe", "tpe-mv", "gp", "cmaes", "qmc", "random") and its
+                           random draws before the model (Optuna's default 10)
+    START                  a list of dicts (field -> value, every varied field): configurations a
+                           model-based search tries first; --start replaces them
 Settings counted in epochs (GRACE_PERIOD, PERTURBATION_INTERVAL, BASE's warmup_epochs and step
 milestones in epochs) are for the study's own epochs; a run of another length scales them
 (tune_cifar.studies.scaled_settings).

@@ -131,6 +131,22 @@ def test_searches_are_held_against_the_chains_replicates_with_welchs_test():
     assert math.isnan(t.loc["greedy chain (all)", "p_vs_chain"])
 
 
+def test_a_comparison_with_no_noise_estimate_is_untested_not_within_noise():
+    df, meta = _replicated()
+    # one run of a strategy: nothing to estimate its noise from, however far below the chain it is
+    rows = [r for r in df.to_dict("records") if not r["experiment"].startswith("level-")]
+    rows += _trial("once/joint", "o1a", 0.20, 4, ended=11) + _trial("once/joint", "o1b", 0.25, 4, ended=12)
+    meta = {k: v for k, v in meta.items() if not k.startswith("level-")}
+    meta["once/joint"] = {"study": "joint", "strategy": "QMC", "space": meta["good-0/joint"]["space"],
+                          "search": {"search_seed": 0}}
+    said = budget.noise_sentence(budget.budget(pd.DataFrame(rows), meta))
+    once = said.split("QMC (joint): ")[1]
+    assert once.startswith("at 25% not every run had found anything; at 50% -0.4100 (untested: one run)")
+    assert "at 100% -0.3600 (untested: one run)" in once and "noise" not in once
+    assert "GP (joint): at 25% not every run had found anything; at 50% +0.1000 (p 0.000: beyond" in said
+    assert math.isnan(budget.welch_p([0.87, 0.87, 0.87], [0.5, 0.5, 0.5]))  # no spread on either side
+
+
 def test_one_chain_run_is_said_to_be_a_single_draw(results):
     df, meta = results
     assert "single draw" in budget.noise_sentence(budget.budget(df, meta))

@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,8 @@ import pytest
 import analysis
 import search_spaces
 from conftest import kill_when, run_cli, tune_statuses
-from tune_cifar import experiment, export
+from tune_cifar import experiment, export, search
+from tune_cifar.experiment import RunOptions, plan_step
 from tune_cifar.config import ConfigError, TrainConfig
 from tune_cifar.search import SearchPlan, asha_expected_trial_epochs, check, describe, validate_space
 from tune_cifar.studies import StudyError, load_study
@@ -456,6 +458,8 @@ def test_a_search_starts_from_given_points_and_warm_starts_from_an_earlier_exper
     configs = a.groupby("trial_id")[["config/lr", "config/weight_decay"]].first()
     assert ((configs["config/lr"] == 0.01) & (configs["config/weight_decay"] == 5e-4)).sum() == 1
     assert a["trial_id"].nunique() == 2
+    record = json.loads((tmp_path / "a" / sampled_study / "study.json").read_text())
+    assert record["strategy"] == "TPE, started at 1 given point"  # not pooled with searches that started blind
     # the second search is told the first's two trials as done, trains two of its own, and says what it was told
     code, out = run_cli(sampled_study, *first, "--warm-start", tmp_path / "a" / sampled_study,
                         "--storage-path", tmp_path / "b")
@@ -505,3 +509,77 @@ def test_warm_start_points_are_the_finished_trials_inside_the_space_and_cost_eve
         parse_start(["lrr=0.05,schedule=cosine"], space)
     with pytest.raises(ConfigError, match="none of its trials finished inside"):
         warm_start(str(tmp_path / "exp"), {"lr": tune.loguniform(0.3, 0.4), "schedule": ["cosine"]}, "val_acc", "max")
+
+
+def test_start_points_and_warm_starts_that_cannot_be_used_are_one_clear_error(tmp_path):
+    from ray import tune
+
+    from tune_cifar.warmstart import check_points, outside, parse_start, warm_start
+
+    space = {"lr": tune.loguniform(0.01, 0.2), "schedule": ["constant", "cosine"]}
+    with pytest.raises(ConfigError, match="lr given twice; give it once"):
+        parse_start(["lr=0.05,lr=0.1,schedule=cosine"], space)
+    with pytest.raises(ConfigError, match="gives lr=0.05,schedule=cosine twice: the same configuration"):
+        parse_start(["lr=0.05,schedule=cosine", "lr=5e-2,schedule=cosine"], space)  # the same value, spelled twice
+    with pytest.raises(ConfigError, match="gives 2 points and the search runs 1 trials, so 1 would never run"):
+        parse_start(["lr=0.05,schedule=cosine", "lr=0.1,schedule=cosine"], space, num_samples=1)
+    assert len(parse_start(["lr=0.05,schedule=cosine", "lr=0.1,schedule=cosine"], space, num_samples=2)) == 2
+    assert outside(space, {"lr": None, "schedule": "cosine"}) == "lr=None is not a number"
+    assert outside(space, {"lr": "0.05", "schedule": "cosine"}) == "lr='0.05' is not a number"
+    check_points([{"lr": 0.05, "schedule": "cosine"}], space, "START")  # in the space, once: no error
+
+    def experiment(name, **columns):
+        rows = {"trial_id": ["a", "b"], "status": ["finished"] * 2, "epoch": [1, 1], "val_acc": [0.5, 0.6],
+                "config/lr": [0.05, 0.1], "config/schedule": ["cosine"] * 2}
+        rows.update(columns)
+        (tmp_path / name).mkdir()
+        pd.DataFrame({k: v for k, v in rows.items() if v is not None}).to_parquet(tmp_path / name / "results.parquet")
+        return str(tmp_path / name)
+
+    for name, columns, says in (("nostatus", {"status": None}, "its results have no status; name an experiment"),
+                                ("noids", {"trial_id": None, "epoch": None}, "its results have no trial_id, epoch"),
+                                ("textval", {"val_acc": ["0.5", "0.6"]}, "its val_acc is not numeric (")):
+        with pytest.raises(ConfigError, match=re.escape(says)):
+            warm_start(experiment(name, **columns), space, "val_acc", "max")
+    # a trial whose configuration is not a number is left out as outside the space, not a traceback
+    w = warm_start(experiment("textlr", **{"config/lr": [None, 0.1]}), space, "val_acc", "max")
+    assert w.points == [{"lr": 0.1, "schedule": "cosine"}] and w.skipped == 1
+
+
+def test_a_study_files_start_is_typed_and_checked(tmp_path, capsys):
+    for start, says in (('{"lr": 0.05}', "START must be a list of dicts (field -> value), not {'lr': 0.05}"),
+                        ('"lr=0.05"', "START must be a list of dicts"),
+                        ('[{"lr": "fast"}]', "START: invalid lr='fast'"),
+                        ('[{"lr": 0.05}, {"lr": 0.05}]', "START gives lr=0.05 twice")):
+        path = tmp_path / "starts.py"
+        path.write_text(f'"""Doc."""\nfrom ray import tune\nSPACE = {{"lr": tune.loguniform(0.01, 0.2)}}\n'
+                        f'SEARCH = "optuna"\nNUM_SAMPLES = 4\nSTART = {start}\n')
+        code, out = run_cli(path, "--dry-run", "--storage-path", tmp_path / "results")
+        err = capsys.readouterr().err
+        assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, err
+        assert says in err, err
+    path.write_text('"""Doc."""\nfrom ray import tune\nSPACE = {"lr": tune.loguniform(0.01, 0.2)}\n'
+                    'SEARCH = "optuna"\nNUM_SAMPLES = 4\nSTART = [{"lr": "0.05"}]\n')
+    assert load_study(str(path)).start == ({"lr": 0.05},)  # typed as --start types it
+
+
+def test_brackets_that_never_cut_are_refused_and_a_studys_own_fit_a_shorter_run():
+    assert search.cutting_brackets(300, 15, 4) == 3  # first cuts at 15, 60, 240
+    assert search.cutting_brackets(8, 2, 2) == 2 and search.cutting_brackets(4, 2, 2) == 1
+    with pytest.raises(ConfigError, match=r"--brackets 4: .* only 3 of them cut before the study's 300 epochs"):
+        check({"lr": tune_loguniform()}, SearchPlan(search="optuna", scheduler="asha", grace_period=15,
+                                                      reduction_factor=4, brackets=4), 300, 1)
+    with pytest.raises(ConfigError, match="--brackets 99999999999: "):  # refused at once, not looped over
+        check({"lr": tune_loguniform()}, SearchPlan(search="optuna", scheduler="asha", grace_period=15,
+                                                      reduction_factor=4, brackets=99999999999), 300, 1)
+    joint = load_study("joint")
+    assert plan_step(joint, RunOptions(epochs=300)).search.brackets == 2
+    assert plan_step(joint, RunOptions(epochs=4)).search.brackets == 1  # grace 1 x 4 = 4: the second never cuts
+    with pytest.raises(ConfigError, match="--brackets 2: "):
+        plan_step(joint, RunOptions(epochs=4, plan=(("brackets", 2),)))  # what the user asks is not shrunk
+
+
+def tune_loguniform():
+    from ray import tune
+
+    return tune.loguniform(0.01, 0.2)

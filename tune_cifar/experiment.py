@@ -157,6 +157,10 @@ def plan_step(study: Study, opts: RunOptions) -> Step:
         plan = replace(plan, startup_trials=None)  # the study's setting, for a sampler this run does not use
     if "brackets" not in given and plan.scheduler != "asha" and not opts.resume:
         plan = replace(plan, brackets=1)
+    if "brackets" not in given and plan.scheduler == "asha" and plan.brackets > 1 and not opts.resume:
+        r = plan.resolved(epochs)  # the study's brackets at a shorter run: those that still cut before its end
+        most = search.cutting_brackets(epochs, r.grace_period, r.reduction_factor) if r.reduction_factor >= 2 else 1
+        plan = replace(plan, brackets=max(1, min(plan.brackets, most)))
     plan = search.check(study.space, plan, epochs, opts.seeds)
     if opts.fuse is not None:
         if opts.fuse < 1:
@@ -175,6 +179,8 @@ def plan_step(study: Study, opts: RunOptions) -> Step:
 def start_points(study: Study, plan: SearchPlan, opts: RunOptions) -> tuple[tuple[dict[str, Any], ...], WarmStart | None]:
     """The configurations a model-based search starts from (--start over the study's START) and the warm
     start (--warm-start), checked against the study's space; refused for searches that draw their own points."""
+    if opts.warm_start is not None and not str(opts.warm_start).strip():
+        raise ConfigError("--warm-start needs an experiment folder (<storage-path>/<study>), not an empty string")
     if opts.start and opts.warm_start:
         raise ConfigError("--start and --warm-start together: Tune's searchers take either points to run first or "
                           "points already evaluated, not both; pass one")
@@ -189,12 +195,12 @@ def start_points(study: Study, plan: SearchPlan, opts: RunOptions) -> tuple[tupl
     if opts.warm_start:
         return (), warmstart.warm_start(opts.warm_start, study.space, study.metric, study.mode)
     if opts.start:
-        return tuple(warmstart.parse_start(opts.start, study.space)), None
+        return tuple(warmstart.parse_start(opts.start, study.space, plan.num_samples)), None
     if study.start and plan.search in search.SEARCH_PACKAGES:
-        for point in study.start:
-            why = warmstart.outside(study.space, point)
-            if why:
-                raise StudyError(f"the {study.name!r} study's START {point}: {why}")
+        try:
+            warmstart.check_points(study.start, study.space, f"the {study.name!r} study's START", plan.num_samples)
+        except ConfigError as e:
+            raise StudyError(str(e)) from None
         return study.start, None
     return (), None
 
@@ -463,6 +469,9 @@ def run_study(study: Study, data: CifarData, opts: RunOptions, storage: str, car
     if step.warm is not None:  # the budget comparison counts its cost, and names the strategy by it
         record["warm_start"] = step.warm.record()
         record["strategy"] = f"{plan.label()}, warm-started from {step.warm.source.rstrip('/').rsplit('/', 1)[-1]}"
+    elif step.start:  # given points are prior knowledge too: not pooled with the runs that started blind
+        n = len(step.start)
+        record["strategy"] = f"{plan.label()}, started at {n} given point{'s' if n > 1 else ''}"
     if saved is not None:
         res = saved.get("resources") or res
         record = {**saved, "options": {k: getattr(opts, k) for k in RECORDED_OPTIONS}, "reused": record["reused"],

@@ -237,6 +237,12 @@ def check(space: Mapping[str, Any], plan: SearchPlan, epochs: int, seeds: int) -
                               f"cuts trials after it), not {plan.grace_period}")
         if plan.reduction_factor < 2:
             raise ConfigError(f"--reduction-factor must be >= 2, not {plan.reduction_factor}")
+        most = cutting_brackets(epochs, plan.grace_period, plan.reduction_factor)
+        if plan.brackets > most:
+            raise ConfigError(f"--brackets {plan.brackets}: bracket s first cuts at grace period x reduction factor^s "
+                              f"({plan.grace_period} x {plan.reduction_factor}^s), and only {most} of them cut before "
+                              f"the study's {epochs} epochs (the rest would run every trial to the end); use "
+                              f"--brackets {most} or fewer, or more --epochs")
     if plan.scheduler == "pbt":
         if plan.search not in ("grid", "random"):
             raise ConfigError(f"--scheduler pbt explores by itself and cannot be combined with --search "
@@ -253,6 +259,14 @@ def check(space: Mapping[str, Any], plan: SearchPlan, epochs: int, seeds: int) -
             raise ConfigError(f"--perturbation-interval must be at least 1 and below the study's {epochs} epochs, "
                               f"not {plan.perturbation_interval}")
     return plan
+
+
+def cutting_brackets(epochs: int, grace_period: int, reduction_factor: int) -> int:
+    """How many of ASHA's Hyperband brackets make a cut before `epochs` (bracket s first at grace * rf**s)."""
+    n, cut = 0, grace_period
+    while cut < epochs:
+        n, cut = n + 1, cut * reduction_factor
+    return n
 
 
 def asha_expected_trial_epochs(epochs: int, grace_period: int, reduction_factor: int, brackets: int = 1) -> float:

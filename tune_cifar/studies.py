@@ -17,6 +17,7 @@ from typing import Any
 import search_spaces
 from tune_cifar.config import ConfigError, TrainConfig
 from tune_cifar.search import SearchPlan, describe, is_domain, num_trials, sampled_fields, validate_space
+from tune_cifar.warmstart import typed
 
 # Module attributes that set a study's default search plan -> SearchPlan's fields.
 PLAN_ATTRIBUTES = {"NUM_SAMPLES": "num_samples", "SCHEDULER": "scheduler", "GRACE_PERIOD": "grace_period",
@@ -223,11 +224,18 @@ def study_from_module(module: ModuleType, name: str, where: str) -> Study:
         raise StudyError(f"{where}: SPACE[{bad[0]!r}] must be a list of values or a Tune domain, "
                          f"not {module.SPACE[bad[0]]!r}")
     space = {k: (v if is_domain(v) else list(v)) for k, v in module.SPACE.items()}
+    start = getattr(module, "START", ())
+    if not isinstance(start, (list, tuple)) or not all(isinstance(p, dict) for p in start):
+        raise StudyError(f"{where}: START must be a list of dicts (field -> value), not {start!r}")
+    try:
+        start = tuple(typed(p, f"{where}: START") for p in start)
+    except ConfigError as e:
+        raise StudyError(str(e)) from None
     plan = SearchPlan(search=getattr(module, "SEARCH", "grid" if not sampled_fields(space) else "random"),
                       **{field: getattr(module, attr) for attr, field in PLAN_ATTRIBUTES.items() if hasattr(module, attr)})
     study = Study(name, description, getattr(module, "TITLE", name), dict(getattr(module, "BASE", {})), space,
                   getattr(module, "METRIC", "val_acc"), getattr(module, "MODE", "max"), plan=plan,
-                  start=tuple(dict(p) for p in getattr(module, "START", ())))
+                  start=start)
     if study.mode not in ("max", "min"):
         raise StudyError(f"{where}: MODE must be 'max' or 'min', not {study.mode!r}")
     if study.metric not in RANKING_METRICS:

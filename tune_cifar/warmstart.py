@@ -33,6 +33,8 @@ def outside(space: Mapping[str, Any], point: Mapping[str, Any]) -> str | None:
             if v not in value.categories:
                 return f"{key}={v!r} is not one of {value.categories}"
         elif is_domain(value):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                return f"{key}={v!r} is not a number"
             if not value.lower <= v <= value.upper:
                 return f"{key}={v!r} is outside [{value.lower}, {value.upper}]"
         elif v not in value:
@@ -40,7 +42,37 @@ def outside(space: Mapping[str, Any], point: Mapping[str, Any]) -> str | None:
     return None
 
 
-def parse_start(items: Sequence[str], space: Mapping[str, Any]) -> list[dict[str, Any]]:
+def typed(pairs: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """A start point's values typed as TrainConfig types its fields ("0.05" -> 0.05); `where` names it in errors."""
+    try:
+        config = TrainConfig.from_dict(dict(pairs))
+    except ConfigError as e:  # an unknown field or a bad value
+        raise ConfigError(f"{where}: {e}") from None
+    except (TypeError, ValueError) as e:  # a value of no type the field takes (None, a list...)
+        raise ConfigError(f"{where}: {e}") from None
+    return {k: getattr(config, k) for k in pairs}
+
+
+def check_points(points: Sequence[Mapping[str, Any]], space: Mapping[str, Any], where: str,
+                 num_samples: int | None = None) -> None:
+    """Every point inside the space, none twice (the same configuration with the same seed is a copy, not a
+    repeat), and no more of them than the search runs trials."""
+    seen = []
+    for point in points:
+        why = outside(space, point)
+        if why:
+            raise ConfigError(f"{where} {_spelled(point)}: {why}")
+        if point in seen:
+            raise ConfigError(f"{where} gives {_spelled(point)} twice: the same configuration with the same seed "
+                              f"is a copy, not a repeat; give it once (repeats are --seeds N)")
+        seen.append(point)
+    if num_samples is not None and len(points) > num_samples:
+        raise ConfigError(f"{where} gives {len(points)} points and the search runs {num_samples} trials, so "
+                          f"{len(points) - num_samples} would never run: give --num-samples {len(points)} or more, "
+                          f"or fewer points")
+
+
+def parse_start(items: Sequence[str], space: Mapping[str, Any], num_samples: int | None = None) -> list[dict[str, Any]]:
     """--start FIELD=VALUE,FIELD=VALUE (repeatable): one point each, typed as TrainConfig types its fields."""
     points = []
     for item in items:
@@ -49,14 +81,17 @@ def parse_start(items: Sequence[str], space: Mapping[str, Any]) -> list[dict[str
             field, sep, value = part.partition("=")
             if not sep or not field.strip():
                 raise ConfigError(f"--start takes FIELD=VALUE,FIELD=VALUE, not {item!r}")
-            pairs[field.strip().replace("-", "_")] = value.strip()
-        typed = TrainConfig.from_dict(pairs)  # an unknown field or a bad value: its own one line
-        point = {k: getattr(typed, k) for k in pairs}
-        why = outside(space, point)
-        if why:
-            raise ConfigError(f"--start {item}: {why}")
-        points.append(point)
+            field = field.strip().replace("-", "_")
+            if field in pairs:
+                raise ConfigError(f"--start {item}: {field} given twice; give it once")
+            pairs[field] = value.strip()
+        points.append(typed(pairs, f"--start {item}"))
+    check_points(points, space, "--start", num_samples)
     return points
+
+
+def _spelled(point: Mapping[str, Any]) -> str:
+    return ",".join(f"{k}={v}" for k, v in point.items())
 
 
 @dataclass(frozen=True)
@@ -91,8 +126,12 @@ def warm_start(source: str, space: Mapping[str, Any], metric: str, mode: str) ->
         df = pd.read_parquet(io.BytesIO(data))
     except Exception as e:  # truncated or foreign files raise many different errors
         raise ConfigError(f"--warm-start {source}: {path} is unreadable ({type(e).__name__})") from None
-    if metric not in df:
-        raise ConfigError(f"--warm-start {source}: its results have no {metric}")
+    missing = [c for c in ("trial_id", "status", "epoch", metric) if c not in df]
+    if missing:
+        raise ConfigError(f"--warm-start {source}: its results have no {', '.join(missing)}; name an experiment "
+                          f"folder this project wrote")
+    if not pd.api.types.is_numeric_dtype(df[metric]):
+        raise ConfigError(f"--warm-start {source}: its {metric} is not numeric ({df[metric].dtype})")
     order = "iteration" if "iteration" in df and df["iteration"].notna().any() else "epoch"
     last = df.sort_values(order, na_position="first", kind="stable").groupby("trial_id", sort=False).tail(1)
     trained = df.dropna(subset=["epoch"])
